@@ -1,0 +1,122 @@
+"""zspace command line: parse arguments, configure logging, call one engine function per verb."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+DEFAULT_SOURCE = "synthetic:10000"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 32,64,64,64, got {text!r}") from None
+
+
+def cmd_prepare(args) -> dict:
+    from engine.imagecache import prepare
+
+    return prepare(args.source, args.run, size=args.size, limit=args.limit, workers=args.workers,
+                   overwrite=args.overwrite, progress=not args.quiet)
+
+
+def cmd_train(args) -> dict:
+    from engine.imagecache import open_cache
+    from engine.model import ModelConfig
+    from engine.train import TrainConfig, train
+
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
+                      precision=args.precision, device=args.device, seed=args.seed)
+    model_cfg = None
+    if args.z_dim is not None or args.widths is not None or not args.resume:
+        size = int(open_cache(args.run).attrs["size"])
+        model_cfg = ModelConfig(size=size, z_dim=args.z_dim or 256, widths=args.widths or (32, 64, 64, 64))
+    return train(args.run, cfg, model_cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+
+
+def cmd_encode(args) -> dict:
+    from engine.encode import encode
+
+    attrs = encode(args.run, checkpoint=args.checkpoint, batch_size=args.batch_size, device=args.device,
+                   precision=args.precision, progress=not args.quiet)
+    return {k: attrs[k] for k in ("n", "z_dim", "checkpoint", "checkpoint_sha256", "seconds", "images_per_second") if k in attrs}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zspace",
+        description="Train a convolutional autoencoder on face images and study its latent cloud.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name, func, help):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--run", required=True, metavar="DIR", help="run directory (created when missing)")
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = verb("prepare", cmd_prepare, "decode, crop and resize a SOURCE once into RUN/images.zarr")
+    sp.add_argument("source", metavar="SOURCE", help="CelebA root, image folder, or synthetic:N[:SEED]")
+    sp.add_argument("--size", type=_positive_int, default=96, help="output side in pixels, multiple of 16 (default 96)")
+    sp.add_argument("--limit", type=_positive_int, default=None, help="keep N images spread over the listing")
+    sp.add_argument("--workers", type=_positive_int, default=None, help="decode processes (default: all cores)")
+    sp.add_argument("--overwrite", action="store_true", help="rebuild a cache made from another source or size")
+
+    sp = verb("train", cmd_train, "train the autoencoder on RUN/images.zarr")
+    sp.add_argument("--epochs", type=_positive_int, default=24, help="total epochs (default 24, as in the study)")
+    sp.add_argument("--batch-size", type=_positive_int, default=64)
+    sp.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default 5e-4)")
+    sp.add_argument("--z-dim", type=_positive_int, default=None, help="latent dimension (default 256)")
+    sp.add_argument("--widths", type=_widths, default=None, help="conv channels of the 4 encoder layers (default 32,64,64,64)")
+    sp.add_argument("--loss", choices=("bce", "mse"), default="bce")
+    sp.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                    help="auto: bf16 (or fp16 + GradScaler) autocast on CUDA, fp32 on CPU")
+    sp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    sp.add_argument("--overwrite", action="store_true", help="discard existing checkpoints and start over")
+
+    sp = verb("encode", cmd_encode, "stream the latent of every image into RUN/latents.zarr")
+    sp.add_argument("--checkpoint", default=None, help="default RUN/checkpoints/best.pt")
+    sp.add_argument("--batch-size", type=_positive_int, default=512)
+    sp.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    sp.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        logging.getLogger("zspace").debug("error", exc_info=True)
+        print(f"zspace {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nzspace {args.verb}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The image cache ``RUN/images.zarr``: every image decoded and resized once.
+
+Layout (the run-directory contract in DESIGN.md):
+  images    uint8 (N, S, S, 3), row chunks of ``CHUNK_ROWS``
+  ids       (N,) str
+  split     int8 (N,)   0 train, 1 validation, 2 test
+  identity  int32 (N,)  -1 where unknown
+  attrs     source, size, crop, counts, skipped files, resume state
+
+``prepare`` decodes in worker processes, in order, and appends good rows; the
+resume state (items consumed, rows written) is saved after every block, so an
+interrupted run continues from the last block and a finished one does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+
+from engine.sources import CROP, SPLIT_NAMES, Source, open_source
+
+logger = logging.getLogger(__name__)
+
+CHUNK_ROWS = 256  # 7 MB of 96x96 RGB per chunk before compression
+TASK_ITEMS = 256  # items per worker task: large enough to amortise IPC
+LAYOUT_VERSION = 1
+
+
+def cache_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "images.zarr"
+
+
+def _fingerprint(source: Source, size: int) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"source": source.describe(), "size": size, "layout": LAYOUT_VERSION}, sort_keys=True).encode())
+    for i in source.ids:
+        h.update(i.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+_WORKER_SOURCE: Source | None = None
+
+
+def _init_worker(source: Source) -> None:
+    global _WORKER_SOURCE
+    _WORKER_SOURCE = source
+    # one decode per process; nested BLAS/OpenMP threads would only oversubscribe
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _work(start: int, stop: int, size: int):
+    return _WORKER_SOURCE.load_block(start, stop, size)
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def prepare(
+    source: str | Source,
+    run_dir: str | os.PathLike,
+    size: int = 96,
+    limit: int | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Decode, crop and resize every image of ``source`` into ``RUN/images.zarr``.
+
+    Returns the store's summary attributes (counts, skipped files, timings).
+    Raises ``SourceError`` for a missing or empty source and ``ValueError`` when
+    an existing cache was built from something else and ``overwrite`` is false.
+    """
+    if size < 16 or size % 16:
+        raise ValueError(f"size must be a multiple of 16 (the encoder halves it 4 times), got {size}")
+    src = open_source(source, limit=limit) if not isinstance(source, Source) else source
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    path = cache_path(run_dir)
+    fp = _fingerprint(src, size)
+    n = len(src)
+
+    group = None
+    if path.exists():
+        try:
+            group = zarr.open_group(path, mode="r+")
+            old = group.attrs.get("fingerprint")
+        except Exception:
+            old = None
+        if old != fp:
+            if not overwrite:
+                desc = group.attrs.get("source", {}).get("spec") if group is not None else "unreadable"
+                raise ValueError(
+                    f"{path} holds a different image set (source {desc!r}, size "
+                    f"{group.attrs.get('size') if group is not None else '?'}); pass overwrite=True "
+                    f"(--overwrite) to rebuild it for {src.spec!r} at size {size}"
+                )
+            shutil.rmtree(path)
+            group = None
+        elif group.attrs.get("complete"):
+            logger.info("%s is complete (%d images); nothing to do", path, group.attrs["counts"]["images"])
+            return dict(group.attrs)
+
+    if group is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(path, mode="w")
+        group.create_array("images", shape=(n, size, size, 3), chunks=(CHUNK_ROWS, size, size, 3), dtype="uint8")
+        group.attrs.update(
+            fingerprint=fp, source=src.describe(), size=size, crop=CROP, complete=False,
+            items_done=0, rows_done=0, skipped=[], seconds=0.0,
+        )
+    images = group["images"]
+    items_done = int(group.attrs["items_done"])
+    rows_done = int(group.attrs["rows_done"])
+    skipped = list(group.attrs["skipped"])
+    seconds = float(group.attrs["seconds"])
+    if items_done:
+        logger.info("resuming %s at image %d of %d", path, items_done, n)
+
+    tasks = [(s, min(s + TASK_ITEMS, n)) for s in range(items_done, n, TASK_ITEMS)]
+    t0 = time.perf_counter()
+    bar = tqdm(total=n, initial=items_done, unit="img", desc="prepare", disable=not progress, smoothing=0.1)
+
+    def commit(start, stop, result):
+        nonlocal items_done, rows_done
+        block, ok, errors = result
+        good = block[ok]
+        if len(good):
+            images[rows_done : rows_done + len(good)] = good
+        for k, msg in zip(np.flatnonzero(~ok), errors):
+            skipped.append({"id": src.ids[start + k], "error": msg})
+            logger.warning("skipped %s: %s", src.ids[start + k], msg)
+        items_done, rows_done = stop, rows_done + len(good)
+        # rows first, then the counters: a crash in between only repeats one block
+        group.attrs.update(
+            items_done=items_done, rows_done=rows_done, skipped=skipped,
+            seconds=seconds + time.perf_counter() - t0,
+        )
+        bar.update(stop - start)
+        bar.set_postfix(skipped=len(skipped), refresh=False)
+
+    try:
+        if workers == 1 or len(tasks) <= 1:
+            for start, stop in tasks:
+                commit(start, stop, src.load_block(start, stop, size))
+        else:
+            ctx = mp.get_context("spawn")  # zarr's I/O thread makes fork unsafe
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(src,)) as pool:
+                window = 3 * workers  # bounded in-flight blocks keep memory flat
+                pending = []
+                it = iter(tasks)
+                for task in it:
+                    pending.append((task, pool.submit(_work, *task, size)))
+                    if len(pending) >= window:
+                        (s, e), fut = pending.pop(0)
+                        commit(s, e, fut.result())
+                for (s, e), fut in pending:
+                    commit(s, e, fut.result())
+    finally:
+        bar.close()
+
+    keep = np.ones(n, bool)
+    bad = {d["id"] for d in skipped}
+    if bad:
+        keep[[i for i, name in enumerate(src.ids) if name in bad]] = False
+    if int(keep.sum()) != rows_done:
+        raise RuntimeError(f"{path}: {rows_done} rows written but {int(keep.sum())} images kept; rerun with --overwrite")
+    if rows_done == 0:
+        raise ValueError(f"none of the {n} images of {src.spec!r} could be read (first error: {skipped[0]['error']})")
+    images.resize((rows_done, size, size, 3))
+    ids = np.asarray([i for i, k in zip(src.ids, keep) if k], dtype=object).astype(str)
+    split = src.split[keep]
+    for name, arr in (("ids", ids), ("split", split), ("identity", src.identity[keep])):
+        a = group.create_array(name, shape=arr.shape, chunks=(max(1, min(len(arr), 65536)),), dtype=arr.dtype if name != "ids" else str, overwrite=True)
+        a[:] = arr
+    total = seconds + time.perf_counter() - t0
+    counts = {"images": rows_done, "skipped": len(skipped)}
+    counts.update({SPLIT_NAMES[k]: int((split == k).sum()) for k in SPLIT_NAMES})
+    group.attrs.update(complete=True, counts=counts, seconds=total, images_per_second=n / max(total, 1e-9))
+    logger.info(
+        "prepared %d images (%d skipped) into %s in %.1f s",
+        rows_done, len(skipped), path, total,
+    )
+    return dict(group.attrs)
+
+
+def open_cache(run_dir: str | os.PathLike) -> zarr.Group:
+    """The finished image cache of ``run_dir``; a clear error when it is missing or partial."""
+    path = cache_path(run_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run 'zspace prepare SOURCE --run {run_dir}' first")
+    group = zarr.open_group(path, mode="r")
+    if not group.attrs.get("complete"):
+        raise ValueError(f"{path} is incomplete (interrupted prepare): rerun 'zspace prepare' to finish it")
+    return group
