@@ -7,9 +7,6 @@ import json
 import logging
 import sys
 
-DEFAULT_SOURCE = "synthetic:10000"
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -56,6 +53,13 @@ def cmd_encode(args) -> dict:
     return {k: attrs[k] for k in ("n", "z_dim", "checkpoint", "checkpoint_sha256", "seconds", "images_per_second") if k in attrs}
 
 
+def cmd_run(args) -> dict:
+    from engine.pipeline import run
+
+    return run(args.run, source=args.source, quick=args.quick, epochs=args.epochs, device=args.device,
+               progress=not args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zspace",
@@ -96,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", default=None, help="default RUN/checkpoints/best.pt")
     sp.add_argument("--batch-size", type=_positive_int, default=512)
     sp.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    sp.add_argument("--device", default="auto")
+    sp = verb("run", cmd_run, "the main job: every stage in order, skipping finished ones")
+    sp.add_argument("source", metavar="SOURCE", nargs="?", default=None,
+                    help="as for prepare (default: the built-in synthetic:10000, or synthetic:3000 with --quick)")
+    sp.add_argument("--quick", action="store_true", help="small profile: minutes on a laptop CPU")
+    sp.add_argument("--epochs", type=_positive_int, default=None, help="override the profile's epochs")
     sp.add_argument("--device", default="auto")
     return p
 

@@ -1,0 +1,327 @@
+"""One benchmark harness: every stage against the baseline a user would otherwise write.
+
+Each stage is a function in ``STAGES`` that times ours and the baseline in this
+process, after a warm-up, and returns a row: stage, size, ours_s, baseline_s,
+ratio (baseline / ours, > 1 means we are faster), throughput and peak memory.
+Thread counts are pinned once at start and recorded with the machine.
+
+    python -m bench [--small] [--only prepare,train_feed] [--data PATH]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CELEBA_SUBSET = HERE.parent.parent / "shared" / "data" / "celeba-subset"
+
+
+@dataclass
+class Row:
+    stage: str
+    size: str
+    ours_s: float
+    baseline_s: float
+    ours: str
+    baseline: str
+    throughput: str
+    peak_mb: float | None = None
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.baseline_s / self.ours_s if self.ours_s > 0 else float("nan")
+
+
+def best_of(func: Callable[[], object], repeat: int = 3) -> float:
+    """Minimum wall time of ``repeat`` calls (the least disturbed measurement)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def python_peak_mb(func: Callable[[], object]) -> float:
+    """Peak of Python-tracked allocations (numpy buffers included) during ``func``, in MB."""
+    tracemalloc.start()
+    try:
+        func()
+        return tracemalloc.get_traced_memory()[1] / 1e6
+    finally:
+        tracemalloc.stop()
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "python": platform.python_version(), "platform": platform.platform()}
+    import importlib.metadata as md
+
+    info["versions"] = {}
+    for pkg in ("numpy", "torch", "zarr", "numba", "pillow", "faiss-cpu", "openTSNE", "scikit-learn", "opencv-python-headless"):
+        try:
+            info["versions"][pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    import torch
+
+    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+def image_folder(small: bool, data: Path | None, workdir: Path) -> tuple[Path, int]:
+    """Real CelebA when available (the subset's 6,000 JPEGs), else generated 178x218 JPEGs."""
+    n = 600 if small else 6000
+    root = data or (CELEBA_SUBSET if (CELEBA_SUBSET / "img_align_celeba").is_dir() else None)
+    if root is not None:
+        return root, n
+    from PIL import Image
+
+    from engine.synthetic import render_face
+
+    folder = workdir / "jpegs" / "img_align_celeba"
+    folder.mkdir(parents=True)
+    for i in range(n):
+        img = Image.fromarray(render_face(i, size=178)).resize((178, 218))
+        img.save(folder / f"{i + 1:06d}.jpg", quality=90)
+    return folder.parent, n
+
+
+def stage_prepare(ctx) -> list[Row]:
+    """JPEG decode + centred crop + resize into the cache vs a plain single-process PIL loop."""
+    from PIL import Image
+
+    from engine.imagecache import prepare
+    from engine.sources import open_source
+
+    root, n = ctx["images"]
+    src = open_source(root, limit=n)
+    files = [os.path.join(src.root, p) for p in src.paths]
+    size = 96
+
+    def baseline():
+        out = np.empty((len(files), size, size, 3), np.uint8)
+        for k, f in enumerate(files):
+            img = Image.open(f).convert("RGB")
+            w, h = img.size
+            m = min(w, h)
+            left, top = (w - m) // 2, (h - m) // 2
+            out[k] = np.asarray(img.crop((left, top, left + m, top + m)).resize((size, size), Image.Resampling.BILINEAR))
+        return out
+
+    def ours(workers):
+        def go():
+            d = Path(tempfile.mkdtemp(dir=ctx["workdir"]))
+            prepare(src, d, size=size, workers=workers, progress=False)
+            shutil.rmtree(d)
+        return go
+
+    baseline()  # warm the page cache: both sides then read from memory
+    t_base = best_of(baseline, 2)
+    t_ours = best_of(ours(None), 2)
+    t_one = best_of(ours(1), 2)
+    rows = [
+        Row("prepare", f"{n} JPEGs -> {size}px", t_ours, t_base, "zspace prepare (all cores, into Zarr)",
+            "PIL open+crop+resize loop (1 process, in memory)", f"{n / t_ours:,.0f} img/s",
+            notes=f"1 worker: {n / t_one:,.0f} img/s; baseline {n / t_base:,.0f} img/s",
+            extra={"images_per_second": n / t_ours, "baseline_images_per_second": n / t_base,
+                   "one_worker_images_per_second": n / t_one, "source": str(root)}),
+    ]
+    # draft-mode decoding matters below half the source size: 64 px from 178 px
+    small = 64
+
+    def base64():
+        for f in files:
+            img = Image.open(f).convert("RGB")
+            w, h = img.size
+            m = min(w, h)
+            np.asarray(img.crop(((w - m) // 2, (h - m) // 2, (w - m) // 2 + m, (h - m) // 2 + m)).resize((small, small), Image.Resampling.BILINEAR))
+
+    def ours64():
+        src.load_block(0, len(src), small)
+
+    t_b64, t_o64 = best_of(base64, 2), best_of(ours64, 2)
+    rows.append(Row("decode_draft", f"{n} JPEGs -> {small}px", t_o64, t_b64, "crop_resize with JPEG draft mode (1 process)",
+                    "full decode + crop + resize (1 process)", f"{n / t_o64:,.0f} img/s"))
+    return rows
+
+
+class _PILDataset:
+    """The torchvision-style pipeline: every item opens, crops and resizes its JPEG."""
+
+    def __init__(self, files, size):
+        self.files, self.size = files, size
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        import torch
+        from PIL import Image
+
+        img = Image.open(self.files[i]).convert("RGB")
+        w, h = img.size
+        m = min(w, h)
+        left, top = (w - m) // 2, (h - m) // 2
+        img = img.crop((left, top, left + m, top + m)).resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255)
+
+
+def stage_train_feed(ctx) -> list[Row]:
+    """Training throughput: batches from the cache vs a per-image PIL Dataset in a DataLoader, same model."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from engine.feed import BatchFeed
+    from engine.imagecache import open_cache, prepare
+    from engine.model import Autoencoder, ModelConfig
+    from engine.precision import resolve_device
+    from engine.sources import open_source
+    from engine.train import loss_fn, to_input
+
+    root, n = ctx["images"]
+    size, batch = 96, 64
+    steps = 8 if ctx["small"] else 40
+    src = open_source(root, limit=n)
+    files = [os.path.join(src.root, p) for p in src.paths]
+    run = Path(tempfile.mkdtemp(dir=ctx["workdir"]))
+    prepare(src, run, size=size, progress=False)
+    images = open_cache(run)["images"]
+    rows_idx = np.arange(images.shape[0])
+    device = resolve_device("cpu")
+
+    def make():
+        torch.manual_seed(0)
+        model = Autoencoder(ModelConfig(size=size)).to(device)
+        return model, torch.optim.Adam(model.parameters(), lr=5e-4)
+
+    def step(model, opt, x):
+        logits, _ = model(x)
+        loss = loss_fn("bce", logits, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def run_ours():
+        model, opt = make()
+        feed = BatchFeed(images, rows_idx, batch, in_memory=True)
+        it = feed.epoch(0)
+        step(model, opt, to_input(next(it), device, False))  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(model, opt, to_input(next(it), device, False))
+        return time.perf_counter() - t0
+
+    def run_base():
+        model, opt = make()
+        loader = DataLoader(_PILDataset(files, size), batch_size=batch, shuffle=True, num_workers=ctx["cores"],
+                            drop_last=True, persistent_workers=False)
+        it = iter(loader)
+        step(model, opt, next(it))
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(model, opt, next(it))
+        return time.perf_counter() - t0
+
+    t_ours, t_base = run_ours(), run_base()
+    imgs = steps * batch
+
+    # the data side alone: how many batches per second each feed delivers
+    def feed_only():
+        feed = BatchFeed(images, rows_idx, batch, in_memory=True)
+        for _, b in zip(range(steps), feed.epoch(1)):
+            to_input(b, device, False)
+
+    def loader_only():
+        loader = DataLoader(_PILDataset(files, size), batch_size=batch, shuffle=True, num_workers=ctx["cores"], drop_last=True)
+        for _, b in zip(range(steps), loader):
+            pass
+
+    t_feed, t_loader = best_of(feed_only, 2), best_of(loader_only, 2)
+    shutil.rmtree(run)
+    return [
+        Row("train_step_cpu", f"{imgs} img, batch {batch}, {size}px, z 256", t_ours, t_base,
+            "train from cache (in memory)", f"PIL Dataset + DataLoader ({ctx['cores']} workers)",
+            f"{imgs / t_ours:,.0f} img/s", notes=f"baseline {imgs / t_base:,.0f} img/s; fp32 on CPU",
+            extra={"images_per_second": imgs / t_ours, "baseline_images_per_second": imgs / t_base}),
+        Row("data_feed", f"{imgs} img, batch {batch}, {size}px", t_feed, t_loader,
+            "BatchFeed from cache", "PIL Dataset + DataLoader", f"{imgs / t_feed:,.0f} img/s",
+            notes=f"baseline {imgs / t_loader:,.0f} img/s"),
+    ]
+
+
+STAGES: dict[str, Callable] = {
+    "prepare": stage_prepare,
+    "train_feed": stage_train_feed,
+}
+
+
+def format_table(rows: list[Row]) -> str:
+    head = "| stage | size | ours (s) | baseline (s) | ratio | throughput | peak MB | ours vs baseline |\n"
+    head += "|---|---|---:|---:|---:|---|---:|---|\n"
+    lines = []
+    for r in rows:
+        peak = f"{r.peak_mb:,.0f}" if r.peak_mb is not None else ""
+        lines.append(f"| {r.stage} | {r.size} | {r.ours_s:.3f} | {r.baseline_s:.3f} | {r.ratio:.1f}x | {r.throughput} | {peak} | {r.ours} vs {r.baseline} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def run_bench(small: bool = False, only: list[str] | None = None, data: str | None = None, out_dir: Path = HERE,
+              threads: int | None = None) -> dict:
+    import torch
+
+    cores = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    torch.set_num_threads(cores)
+    os.environ["OMP_NUM_THREADS"] = str(cores)
+    names = only or list(STAGES)
+    unknown = set(names) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown bench stages {sorted(unknown)}; known: {list(STAGES)}")
+    workdir = Path(tempfile.mkdtemp(prefix="zspace-bench-"))
+    try:
+        ctx = {"small": small, "workdir": workdir, "cores": cores}
+        ctx["images"] = image_folder(small, Path(data) if data else None, workdir)
+        rows: list[Row] = []
+        for name in names:
+            t0 = time.perf_counter()
+            new = STAGES[name](ctx)
+            rows += new
+            print(f"[bench] {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+            print(format_table(new), flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    info = machine()
+    result = {"machine": info, "small": small, "threads": cores,
+              "rows": [{**asdict(r), "ratio": r.ratio} for r in rows]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
+    gpu = f", GPU {info['gpu']}" if info["gpu"] else ", no GPU"
+    md = (f"# Benchmark results\n\nMachine: {info['cpu']}, {info['cores']} cores{gpu}; threads pinned to {cores}. "
+          f"Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".\n\n"
+          "Ratio = baseline time / our time (above 1: zspace is faster). Absolute times hold for this machine only.\n\n"
+          + format_table(rows))
+    (out_dir / "RESULTS.md").write_text(md)
+    print(format_table(rows))
+    return result
