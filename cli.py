@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = verb("encode", cmd_encode, "stream the latent of every image into RUN/latents.zarr")
     sp.add_argument("--checkpoint", default=None, help="default RUN/checkpoints/best.pt")
-    sp.add_argument("--batch-size", type=_positive_int, default=512)
+    sp.add_argument("--batch-size", type=_positive_int, default=None, help="default 64 on CPU, 1024 on CUDA")
     sp.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     sp.add_argument("--device", default="auto")
     sp = verb("run", cmd_run, "the main job: every stage in order, skipping finished ones")

@@ -197,9 +197,9 @@ def stage_train_feed(ctx) -> list[Row]:
     from engine.feed import BatchFeed
     from engine.imagecache import open_cache, prepare
     from engine.model import Autoencoder, ModelConfig
-    from engine.precision import resolve_device
+    from engine.precision import resolve_device, resolve_precision
     from engine.sources import open_source
-    from engine.train import loss_fn, to_input
+    from engine.train import to_input, train_step
 
     root, n = ctx["images"]
     size, batch = 96, 64
@@ -211,39 +211,30 @@ def stage_train_feed(ctx) -> list[Row]:
     images = open_cache(run)["images"]
     rows_idx = np.arange(images.shape[0])
     device = resolve_device("cpu")
+    precision = resolve_precision("auto", device)
 
     def make():
+        # the same model, layout and step for both sides: only the data path differs
         torch.manual_seed(0)
-        model = Autoencoder(ModelConfig(size=size)).to(device)
-        return model, torch.optim.Adam(model.parameters(), lr=5e-4)
+        model = Autoencoder(ModelConfig(size=size)).to(device).to(memory_format=torch.channels_last)
+        return model, torch.optim.Adam(model.parameters(), lr=5e-4), precision.scaler()
 
-    def step(model, opt, x):
-        logits, _ = model(x)
-        loss = loss_fn("bce", logits, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def timed(batches):
+        model, opt, scaler = make()
+        train_step(model, opt, scaler, precision, "bce", next(batches))  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            train_step(model, opt, scaler, precision, "bce", next(batches))
+        return time.perf_counter() - t0
 
     def run_ours():
-        model, opt = make()
         feed = BatchFeed(images, rows_idx, batch, in_memory=True)
-        it = feed.epoch(0)
-        step(model, opt, to_input(next(it), device, False))  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step(model, opt, to_input(next(it), device, False))
-        return time.perf_counter() - t0
+        return timed(to_input(b, device, True) for b in feed.epoch(0))
 
     def run_base():
-        model, opt = make()
         loader = DataLoader(_PILDataset(files, size), batch_size=batch, shuffle=True, num_workers=ctx["cores"],
                             drop_last=True, persistent_workers=False)
-        it = iter(loader)
-        step(model, opt, next(it))
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step(model, opt, next(it))
-        return time.perf_counter() - t0
+        return timed(x.contiguous(memory_format=torch.channels_last) for x in loader)
 
     t_ours, t_base = run_ours(), run_base()
     imgs = steps * batch
@@ -252,7 +243,7 @@ def stage_train_feed(ctx) -> list[Row]:
     def feed_only():
         feed = BatchFeed(images, rows_idx, batch, in_memory=True)
         for _, b in zip(range(steps), feed.epoch(1)):
-            to_input(b, device, False)
+            to_input(b, device, True)
 
     def loader_only():
         loader = DataLoader(_PILDataset(files, size), batch_size=batch, shuffle=True, num_workers=ctx["cores"], drop_last=True)
@@ -263,7 +254,7 @@ def stage_train_feed(ctx) -> list[Row]:
     shutil.rmtree(run)
     return [
         Row("train_step_cpu", f"{imgs} img, batch {batch}, {size}px, z 256", t_ours, t_base,
-            "train from cache (in memory)", f"PIL Dataset + DataLoader ({ctx['cores']} workers)",
+            "train from cache (in memory)", f"same step, PIL Dataset + DataLoader ({ctx['cores']} workers)",
             f"{imgs / t_ours:,.0f} img/s", notes=f"baseline {imgs / t_base:,.0f} img/s; fp32 on CPU",
             extra={"images_per_second": imgs / t_ours, "baseline_images_per_second": imgs / t_base}),
         Row("data_feed", f"{imgs} img, batch {batch}, {size}px", t_feed, t_loader,

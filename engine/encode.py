@@ -58,7 +58,7 @@ def latents_path(run_dir: str | os.PathLike) -> Path:
 def encode(
     run_dir: str | os.PathLike,
     checkpoint: str | os.PathLike | None = None,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     progress: bool = True,
@@ -66,6 +66,8 @@ def encode(
     """Write the latent of every image in the cache to ``RUN/latents.zarr``; returns its attributes.
 
     ``checkpoint`` defaults to ``RUN/checkpoints/best.pt`` (else ``last.pt``).
+    ``batch_size`` defaults to 64 on CPU (cache-sized activations were fastest
+    there) and 1024 on CUDA.
     """
     run = Path(run_dir)
     cache = open_cache(run)
@@ -78,9 +80,10 @@ def encode(
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     model, ckpt = load_checkpoint(checkpoint, dev)
-    channels_last = dev.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    # NHWC: 2x faster inference on CPU here, and the fast layout on CUDA
+    channels_last = True
+    model = model.to(memory_format=torch.channels_last)
+    batch_size = batch_size or (1024 if dev.type == "cuda" else 64)
     z_dim = model.config.z_dim
     if model.config.size != images.shape[1]:
         raise ValueError(f"checkpoint expects {model.config.size}px images, the cache holds {images.shape[1]}px")

@@ -52,6 +52,7 @@ class TrainConfig:
     in_memory: bool | None = None  # None: keep the train split in memory when it fits
     grid_images: int = 8  # fixed test images in the reconstruction grid
     log_every: int = 20  # steps between progress-bar loss updates (each costs a device sync)
+    channels_last: bool = True  # NHWC activations: faster on CUDA and, measured here, ~25% on CPU too
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -98,6 +99,18 @@ def per_image_loss(name: str, logits: torch.Tensor, x: torch.Tensor) -> torch.Te
     else:
         e = (torch.sigmoid(logits.float()) - x) ** 2
     return e.flatten(1).mean(1)
+
+
+def train_step(model, opt, scaler, precision, loss: str, x: torch.Tensor) -> torch.Tensor:
+    """One optimisation step on the batch ``x``; returns the (device) loss without syncing."""
+    with precision.autocast():
+        logits, _ = model(x)
+    value = loss_fn(loss, logits, x)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(value).backward()
+    scaler.step(opt)
+    scaler.update()
+    return value.detach()
 
 
 def _rng_state() -> dict:
@@ -200,7 +213,7 @@ def train(
 
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    channels_last = device.type == "cuda"
+    channels_last = cfg.channels_last
     torch.manual_seed(cfg.seed)
     model = Autoencoder(mcfg).to(device)
     if channels_last:
@@ -222,7 +235,7 @@ def train(
     grid_images = read_rows(images, grid_rows)
 
     feed = BatchFeed(images, train_rows, cfg.batch_size, seed=cfg.seed, in_memory=cfg.in_memory)
-    val_feed = BatchFeed(images, val_rows, max(cfg.batch_size, 256), shuffle=False, drop_last=False, in_memory=cfg.in_memory)
+    val_feed = BatchFeed(images, val_rows, cfg.batch_size * (4 if device.type == "cuda" else 1), shuffle=False, drop_last=False, in_memory=cfg.in_memory)
 
     history: list[dict] = []
     log_path = out_dir / "log.jsonl"
@@ -258,15 +271,8 @@ def train(
         bar = tqdm(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
                    disable=not progress, leave=False)
         for step, batch in enumerate(bar):
-            x = to_input(batch, device, channels_last)
-            with precision.autocast():
-                logits, _ = model(x)
-            loss = loss_fn(cfg.loss, logits, x)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            loss_sum += loss.detach() * len(batch)
+            loss = train_step(model, opt, scaler, precision, cfg.loss, to_input(batch, device, channels_last))
+            loss_sum += loss * len(batch)
             seen += len(batch)
             if progress and step % cfg.log_every == 0:
                 rate = seen / (time.perf_counter() - t0)

@@ -118,3 +118,17 @@ def test_chunks_and_dtype(tmp_path):
     assert g["images"].dtype == np.uint8 and g["split"].dtype == np.int8
     img = Image.fromarray(g["images"][0])
     assert img.size == (16, 16) and img.mode == "RGB"
+
+
+@pytest.mark.parametrize("holes", [[0], [5, 6, 7], [3, 40, 41, 99, 150, 151, 152, 199], list(range(100, 200))])
+def test_compaction_equals_boolean_indexing(tmp_path, holes):
+    from engine.imagecache import _compact
+
+    rng = np.random.default_rng(len(holes))
+    data = rng.integers(0, 255, (200, 2, 2, 3), dtype=np.uint8)
+    arr = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(4, 2, 2, 3), dtype="uint8")
+    arr[:] = data
+    keep = np.ones(200, bool)
+    keep[holes] = False
+    _compact(arr, keep)
+    np.testing.assert_array_equal(arr[:], data[keep])
