@@ -104,3 +104,24 @@ def test_feed_streamed_equals_in_memory_as_a_set(cache_run):
     first = lambda f, e: next(iter(f.epoch(e))).tobytes()
     assert first(mem, 1) == first(mem, 1) != first(mem, 2)
     assert first(stream, 1) == first(stream, 1)
+
+
+def test_bf16_autocast_on_cpu_when_asked(cache_run, tmp_path):
+    copy_cache(cache_run, tmp_path)
+    last = train(tmp_path, cfg(epochs=1, precision="bf16"), TINY, progress=False)
+    saved = json.loads((tmp_path / "train" / "config.json").read_text())
+    assert saved["precision"] == "bf16" and saved["device"] == "cpu"
+    assert np.isfinite(last["train_loss"]) and np.isfinite(last["val_loss"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("precision", ["auto", "fp16"])
+def test_cuda_mixed_precision(cache_run, tmp_path, precision):
+    copy_cache(cache_run, tmp_path)
+    last = train(tmp_path, cfg(epochs=2, device="cuda", precision=precision), TINY, progress=False)
+    saved = json.loads((tmp_path / "train" / "config.json").read_text())
+    expect = "fp16" if precision == "fp16" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    assert saved["precision"] == expect and saved["channels_last"]
+    assert np.isfinite(last["val_loss"])
+    _, ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ("scale" in ckpt["scaler"]) == (expect == "fp16"), "a GradScaler runs exactly for fp16"
