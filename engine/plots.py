@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,6 +39,7 @@ def save_loss_curve(path: str | os.PathLike, history: list[dict], loss_name: str
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(f"{loss_name.upper()} loss per pixel")
     ax.set_title("Autoencoder reconstruction loss")
     ax.grid(alpha=0.3)
