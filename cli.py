@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 def _positive_int(text: str) -> int:
     try:
@@ -60,6 +61,31 @@ def cmd_run(args) -> dict:
                progress=not args.quiet)
 
 
+def cmd_import_latents(args) -> dict:
+    from engine.latents import import_latents
+
+    attrs = import_latents(args.file, args.run, drop_nonfinite=args.drop_nonfinite, overwrite=args.overwrite,
+                           progress=not args.quiet)
+    return {k: attrs[k] for k in ("n", "z_dim", "dropped_nonfinite", "source")}
+
+
+def cmd_stats(args) -> dict:
+    from engine.stats import StatsConfig, compute_stats
+
+    res = compute_stats(args.run, StatsConfig(bin_width=args.bin_width, write_pca=not args.no_pca), progress=not args.quiet)
+    return {
+        "stats": str(Path(args.run) / "stats" / "stats.json"),
+        "n": res["n"], "d": res["d"], "dominant": res["dominant"],
+        "radius": {k: round(res["radius"][k], 3) for k in ("peak", "mean", "expected", "sqrt_d")},
+        "top_pairs": res["correlation"]["top_pairs"][:5],
+        "pca": {k: v for k, v in res["pca"].items() if k.startswith("n_components")},
+        "normality": {k: {"ks_distance": round(v["ks_distance"], 4),
+                          "shares": [round(e["share"], 4) for e in v["ellipsoids"]]}
+                      for k, v in res["normality"].items() if isinstance(v, dict)},
+        "figures": res["figures"], "seconds": round(res["seconds"], 2),
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zspace",
@@ -101,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=_positive_int, default=None, help="default 64 on CPU, 1024 on CUDA")
     sp.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     sp.add_argument("--device", default="auto")
+    sp = verb("import-latents", cmd_import_latents, "bring your own (N, D) latents: .npy, .npz or .zarr -> RUN/latents.zarr")
+    sp.add_argument("file", metavar="FILE", help=".npy, .npz (array 'z' or the first) or Zarr array/group with 'z'")
+    sp.add_argument("--drop-nonfinite", action="store_true", help="drop and count rows with NaN/inf instead of failing")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing RUN/latents.zarr")
+
+    sp = verb("stats", cmd_stats, "number densities, radius, correlations, PCA, normality -> RUN/stats/")
+    sp.add_argument("--bin-width", type=float, default=0.25, help="number-density bin width (default 0.25, as in the study)")
+    sp.add_argument("--no-pca", action="store_true", help="do not write PCA coordinates into latents.zarr")
+
     sp = verb("run", cmd_run, "the main job: every stage in order, skipping finished ones")
     sp.add_argument("source", metavar="SOURCE", nargs="?", default=None,
                     help="as for prepare (default: the built-in synthetic:10000, or synthetic:3000 with --quick)")
