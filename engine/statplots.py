@@ -140,11 +140,11 @@ def stats_figures(out_dir: Path, res: dict, edges, counts, radius_hists, corr, r
     fig, ax = plt.subplots(figsize=(5.2, 5))
     for key, col in (("full", "C0"), ("core", "C1")):
         s = res["normality"][key]
-        ax.plot(s["qq"]["chi2"], s["qq"]["data"], ".", color=col, ms=3,
+        ax.plot(s["qq"]["reference"], s["qq"]["data"], ".", color=col, ms=3,
                 label=f"{key}: KS {s['ks_distance']:.3f}, dof {s['dof']}")
     lims = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
     ax.plot(lims, lims, color="0.4", lw=0.8, ls="--", label="multivariate normal")
-    ax.set_xlabel("chi-square quantile")
+    ax.set_xlabel("quantile of a normal cloud (chi-square, in-sample exact)")
     ax.set_ylabel("squared Mahalanobis distance quantile")
     ax.set_title("Is the cloud multivariate normal?")
     ax.legend(fontsize=8)

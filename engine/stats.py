@@ -12,8 +12,9 @@ the number of columns times N (only a few (N,) float vectors are held):
 
 "k-sigma ellipsoid" means the Mahalanobis ellipsoid of the fitted normal that
 holds the probability of +-k sigma in one dimension (68.27%, 95.45%, 99.73%),
-i.e. squared radius ``chi2.ppf(p_k, dof)``; in 256 dimensions a radius of k
-itself would hold almost nothing.
+i.e. squared radius ``chi2.ppf(p_k, dof)`` for large N (the exact in-sample
+Beta law, ``MahalanobisReference``, is used for any N); in 256 dimensions a
+radius of k itself would hold almost nothing.
 """
 
 from __future__ import annotations
@@ -125,10 +126,37 @@ def detect_dominant(mean: np.ndarray, std: np.ndarray, cfg: StatsConfig) -> tupl
     return flags, rule
 
 
-def ks_chi2(d2_sorted: np.ndarray, dof: int) -> float:
-    """Kolmogorov-Smirnov distance between sorted squared distances and chi-square(dof)."""
+class MahalanobisReference:
+    """Distribution of in-sample squared Mahalanobis distances of n normal points in ``dof`` dimensions.
+
+    With the mean and covariance estimated from the same n points,
+    d^2 * n / (n - 1)^2 ~ Beta(dof / 2, (n - dof - 1) / 2) exactly (Gnanadesikan and
+    Kettenring 1972); it tends to chi-square(dof) as n / dof grows. Using it keeps
+    the test fair when n is only a few times dof (6,000 points in 256-D).
+    """
+
+    def __init__(self, n: int, dof: int):
+        self.n, self.dof = n, dof
+        self.scale = (n - 1) ** 2 / n
+        self.exact = n - dof - 1 > 0
+        self.dist = sstats.beta(dof / 2, (n - dof - 1) / 2) if self.exact else sstats.chi2(dof)
+
+    def cdf(self, d2):
+        return self.dist.cdf(np.asarray(d2) / self.scale) if self.exact else self.dist.cdf(d2)
+
+    def ppf(self, q):
+        return self.dist.ppf(q) * self.scale if self.exact else self.dist.ppf(q)
+
+    def describe(self) -> str:
+        if self.exact:
+            return f"d^2 * n/(n-1)^2 ~ Beta({self.dof}/2, ({self.n}-{self.dof}-1)/2), n = {self.n} (chi-square({self.dof}) as n grows)"
+        return f"chi-square({self.dof})"
+
+
+def ks_distance(d2_sorted: np.ndarray, ref: MahalanobisReference) -> float:
+    """Kolmogorov-Smirnov distance between sorted squared distances and the reference distribution."""
     n = len(d2_sorted)
-    cdf = sstats.chi2.cdf(d2_sorted, dof)
+    cdf = ref.cdf(d2_sorted)
     i = np.arange(1, n + 1)
     return float(max((i / n - cdf).max(), (cdf - (i - 1) / n).max()))
 
@@ -136,16 +164,17 @@ def ks_chi2(d2_sorted: np.ndarray, dof: int) -> float:
 def normality_summary(d2: np.ndarray, dof: int) -> dict:
     """Shares inside the 1/2/3-sigma ellipsoids against the normal expectation, and the KS distance."""
     d2s = np.sort(d2)
-    out = {"n": int(len(d2)), "dof": int(dof), "ks_distance": ks_chi2(d2s, dof),
-           "mahalanobis_median": float(np.sqrt(np.median(d2s))), "expected_median": float(np.sqrt(sstats.chi2.median(dof))),
+    ref = MahalanobisReference(len(d2s), dof)
+    out = {"n": int(len(d2)), "dof": int(dof), "reference": ref.describe(), "ks_distance": ks_distance(d2s, ref),
+           "mahalanobis_median": float(np.sqrt(np.median(d2s))), "expected_median": float(np.sqrt(ref.ppf(0.5))),
            "ellipsoids": []}
     for k in SIGMA_LEVELS:
         p = sigma_probability(k)
-        r2 = float(sstats.chi2.ppf(p, dof))
+        r2 = float(ref.ppf(p))
         share = float(np.searchsorted(d2s, r2, side="right") / len(d2s))
         out["ellipsoids"].append({"sigma": k, "radius": math.sqrt(r2), "share": share, "expected": p})
     q = (np.arange(200) + 0.5) / 200  # QQ points for the figure
-    out["qq"] = {"chi2": sstats.chi2.ppf(q, dof).tolist(), "data": np.quantile(d2s, q).tolist()}
+    out["qq"] = {"reference": ref.ppf(q).tolist(), "data": np.quantile(d2s, q).tolist()}
     return out
 
 
@@ -226,7 +255,7 @@ def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None,
         bases.append(b)
 
     # pass 2: histograms, PCA coordinates, Mahalanobis distances, core moments, pair rasters
-    r3 = float(sstats.chi2.ppf(sigma_probability(3), rank))
+    r3 = float(MahalanobisReference(n, rank).ppf(sigma_probability(3)))
     d2 = np.empty(n, np.float64)
     core_n, core_mean, core_m = 0, np.zeros(d), np.zeros((d, d))
     latents = zarr.open_group(latents_path(run), mode="r+")
@@ -309,7 +338,8 @@ def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None,
         },
         "pca": {"explained_variance_ratio": ratios.tolist(), "explained_variance": eigval.tolist(), **need,
                 "rank": rank, "coordinates": "latents.zarr/pca" if cfg.write_pca else None},
-        "normality": {"definition": "k-sigma ellipsoid: Mahalanobis radius^2 = chi2.ppf(erf(k/sqrt(2)), dof)",
+        "normality": {"definition": ("k-sigma ellipsoid: Mahalanobis radius^2 = reference.ppf(erf(k/sqrt(2))), the "
+                                    "reference being chi2(dof) for large n, exactly a scaled Beta in-sample"),
                       "full": full, "core": core_summary},
         "seconds": seconds,
     }

@@ -158,3 +158,18 @@ def test_nan_rows_in_the_store_are_an_error(tmp_path):
     g.create_array("z", shape=z.shape, dtype="float32", chunks=(50, 3))[:] = z
     with pytest.raises(ValueError, match="row 42"):
         compute_stats(tmp_path, StatsConfig(figures=False), progress=False)
+
+
+def test_in_sample_reference_is_exact_when_n_is_a_few_times_d():
+    from engine.stats import MahalanobisReference, ks_distance
+
+    rng = np.random.default_rng(3)
+    n, d = 600, 240
+    x = rng.normal(size=(n, d))
+    xc = x - x.mean(0)
+    d2 = np.sort(np.einsum("ij,jk,ik->i", xc, np.linalg.inv(np.cov(x, rowvar=False)), xc))
+    exact = ks_distance(d2, MahalanobisReference(n, d))
+    cdf = sstats.chi2.cdf(d2, d)
+    naive = np.abs(np.arange(1, n + 1) / n - cdf).max()
+    assert exact < 0.05 < naive, f"Beta reference KS {exact:.3f}, plain chi-square KS {naive:.3f}"
+    assert MahalanobisReference(10**7, d).ppf(0.5) == pytest.approx(sstats.chi2.ppf(0.5, d), rel=1e-4)
