@@ -28,19 +28,11 @@ import zarr
 from tqdm.auto import tqdm
 
 from engine.imagecache import open_cache
+from engine.store import chunk_rows, latents_path
 from engine.precision import resolve_device, resolve_precision
 from engine.train import load_checkpoint, to_input
 
 logger = logging.getLogger(__name__)
-
-MIN_CHUNK_BYTES = 1 << 20
-
-
-def chunk_rows(z_dim: int, target_bytes: int = 4 << 20) -> int:
-    """Rows per Z chunk: about 4 MB, never under 1 MB, a multiple of 256."""
-    rows = max(target_bytes, MIN_CHUNK_BYTES) // (4 * z_dim)
-    return max(256, rows // 256 * 256)
-
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -48,10 +40,6 @@ def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
-
-
-def latents_path(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "latents.zarr"
 
 
 @torch.no_grad()
@@ -129,7 +117,7 @@ def encode(
         logger.info("resuming encode at row %d of %d", done, n)
 
     t0 = time.perf_counter()
-    bar = tqdm(total=n, initial=done, unit="img", desc="encode", disable=not progress, smoothing=0.1)
+    bar = tqdm(total=n, initial=done, unit="img", desc="encode", disable=None if progress else True, smoothing=0.1)
     for start in range(done, n, rows):
         stop = min(start + rows, n)
         block = images[start:stop]
@@ -152,16 +140,3 @@ def encode(
     store.attrs.update(complete=True, seconds=total, images_per_second=n / max(total, 1e-9))
     logger.info("encoded %d images into %s (%d x %d) in %.1f s", n, out, n, z_dim, total)
     return dict(store.attrs)
-
-
-def open_latents(run_dir: str | os.PathLike) -> zarr.Group:
-    """The finished latent store of ``run_dir``; a clear error when it is missing or partial."""
-    path = latents_path(run_dir)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist: run 'zspace encode --run {run_dir}' or 'zspace import-latents FILE --run {run_dir}'"
-        )
-    group = zarr.open_group(path, mode="r")
-    if not group.attrs.get("complete", True):
-        raise ValueError(f"{path} is incomplete (interrupted encode): rerun 'zspace encode --run {run_dir}'")
-    return group

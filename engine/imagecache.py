@@ -139,7 +139,7 @@ def prepare(
 
     tasks = [(s, min(s + TASK_ITEMS, n)) for s in range(items_done, n, TASK_ITEMS)]
     t0 = time.perf_counter()
-    bar = tqdm(total=n, initial=items_done, unit="img", desc="prepare", disable=not progress, smoothing=0.1)
+    bar = tqdm(total=n, initial=items_done, unit="img", desc="prepare", disable=None if progress else True, smoothing=0.1)
 
     def commit(start, stop, result):
         # tasks are committed in order, so items_done is always a finished prefix

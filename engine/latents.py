@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from engine.encode import chunk_rows, latents_path, open_latents
+from engine.store import chunk_rows, latents_path, open_latents
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def iter_blocks(z, rows: int | None = None, progress: bool = False, desc: str = 
     rows = rows or (block_size(z) if hasattr(z, "chunks") else 65536)
     starts = list(range(0, n, rows))
     read = lambda s: np.ascontiguousarray(z[s : min(s + rows, n)], dtype=np.float32)  # noqa: E731
-    bar = tqdm(total=n, unit="row", desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=n, unit="row", desc=desc, disable=None if progress else True, leave=False)
     with ThreadPoolExecutor(1) as pool:
         nxt = pool.submit(read, starts[0]) if starts else None
         for k, s in enumerate(starts):

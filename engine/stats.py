@@ -32,7 +32,7 @@ import numpy as np
 import zarr
 from scipy import optimize, special, stats as sstats
 
-from engine.encode import latents_path, open_latents
+from engine.store import latents_path, open_latents
 from engine.latents import create_rows_array, iter_blocks
 from kernels.histogram import component_histograms, histogram_1d, row_norms, uniform_edges
 from kernels.moments import block_moments, covariance, merge_moments

@@ -269,7 +269,7 @@ def train(
         loss_sum = torch.zeros((), device=device)
         seen = 0
         bar = tqdm(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-                   disable=not progress, leave=False)
+                   disable=None if progress else True, leave=False)
         for step, batch in enumerate(bar):
             loss = train_step(model, opt, scaler, precision, cfg.loss, to_input(batch, device, channels_last))
             loss_sum += loss * len(batch)

@@ -11,7 +11,8 @@ import zarr
 
 import cli
 from engine import encode as encode_mod
-from engine.encode import chunk_rows, encode, file_sha256, open_latents
+from engine.encode import chunk_rows, encode, file_sha256
+from engine.store import open_latents
 from engine.imagecache import open_cache, prepare
 from engine.model import ModelConfig
 from engine.train import TrainConfig, load_checkpoint, train

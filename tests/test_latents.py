@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 import cli
-from engine.encode import open_latents
+from engine.store import open_latents
 from engine.latents import LatentsError, import_latents
 
 

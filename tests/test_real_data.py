@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import CELEBA_SUBSET, requires_celeba
-from engine.encode import encode, open_latents
+from engine.encode import encode
+from engine.store import open_latents
 from engine.imagecache import open_cache, prepare
 from engine.model import ModelConfig
 from engine.train import TrainConfig, train
