@@ -39,6 +39,7 @@ class Row:
     peak_mb: float | None = None
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    group: str = ""  # the STAGES entry that produced the row
 
     @property
     def ratio(self) -> float:
@@ -306,10 +307,12 @@ def _stats_subprocess(run: Path) -> tuple[float, float]:
     import subprocess
     import sys
 
+    # VmHWM, not ru_maxrss: the latter keeps the forked parent's peak across exec
     code = (
-        "import resource, sys, time; from engine.stats import compute_stats;"
+        "import re, time; from engine.stats import compute_stats;"
         f"t = time.perf_counter(); compute_stats({str(run)!r}, progress=False); t = time.perf_counter() - t;"
-        "print(t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1));"
+        "print(t, hwm / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                          cwd=str(HERE.parent)).stdout.split()
@@ -382,12 +385,22 @@ def run_bench(small: bool = False, only: list[str] | None = None, data: str | No
         for name in names:
             t0 = time.perf_counter()
             new = STAGES[name](ctx)
+            for r in new:
+                r.group = name
             rows += new
             print(f"[bench] {name}: {time.perf_counter() - t0:.1f} s", flush=True)
             print(format_table(new), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     info = machine()
+    old = out_dir / "results.json"
+    if only and old.exists():
+        # a partial run refreshes its own stages and keeps the others' rows
+        prev = json.loads(old.read_text())
+        if prev.get("small") == small:
+            kept = [Row(**{k: v for k, v in r.items() if k != "ratio"}) for r in prev["rows"] if r.get("group") not in names]
+            order = list(STAGES)
+            rows = sorted(kept + rows, key=lambda r: order.index(r.group) if r.group in order else len(order))
     result = {"machine": info, "small": small, "threads": cores,
               "rows": [{**asdict(r), "ratio": r.ratio} for r in rows]}
     out_dir.mkdir(parents=True, exist_ok=True)

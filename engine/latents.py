@@ -22,7 +22,7 @@ from engine.store import chunk_rows, latents_path, open_latents
 
 logger = logging.getLogger(__name__)
 
-BLOCK_BYTES = 64 << 20  # rows per streamed block: ~64 MB of float32
+BLOCK_BYTES = 16 << 20  # rows per streamed block: ~16 MB of float32; each block makes a few float64 temporaries
 
 
 class LatentsError(ValueError):

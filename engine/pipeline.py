@@ -1,6 +1,6 @@
 """``zspace run``: every stage in order, each skipped when its output is already complete.
 
-Stages so far: prepare -> train -> encode. Each stage is itself resumable and
+Stages so far: prepare -> train -> encode -> stats. Each stage is itself resumable and
 idempotent (the cache by its fingerprint, training by its last checkpoint, the
 latents by the checkpoint's hash), so rerunning after an interruption picks up
 where it stopped.
@@ -17,6 +17,7 @@ from pathlib import Path
 from engine.encode import encode
 from engine.imagecache import prepare
 from engine.model import ModelConfig
+from engine.stats import compute_stats
 from engine.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
@@ -66,5 +67,6 @@ def run(
     cfg = TrainConfig(epochs=epochs or profile.epochs, batch_size=profile.batch_size, device=device)
     stage("train", train, run, cfg, ModelConfig(size=profile.size, z_dim=profile.z_dim), resume=True, progress=progress)
     stage("encode", encode, run, device=device, progress=progress)
+    stage("stats", compute_stats, run, progress=progress)
     return {"run": str(run), "seconds": timings, "latents": str(run / "latents.zarr"),
-            "figures": str(run / "train")}
+            "figures": [str(run / "train"), str(run / "stats")]}

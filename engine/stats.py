@@ -57,7 +57,7 @@ class StatsConfig:
     dominant_width_min: float = 0.5  # ... and > this fraction of the median width
     write_pca: bool = True  # stream PCA coordinates of every point into latents.zarr
     figures: bool = True  # draw the PNG figures (most of the run time on small clouds)
-    block_rows: int | None = None  # rows per streamed block (default ~64 MB)
+    block_rows: int | None = None  # rows per streamed block (default ~16 MB of float32)
 
     def __post_init__(self):
         self.radius_bin_widths = tuple(float(w) for w in self.radius_bin_widths)
@@ -265,7 +265,9 @@ def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None,
         y = (x - mean) @ eigvec  # float64 (rows, D)
         if pca_arr is not None:
             pca_arr[start : start + len(x)] = y.astype(np.float32)
-        db = np.einsum("ij,ij->i", y * inv_sqrt, y * inv_sqrt)
+        y *= inv_sqrt  # whitened in place: one (rows, D) temporary per block, not three
+        db = np.einsum("ij,ij->i", y, y)
+        del y
         d2[start : start + len(x)] = db
         core = x[db <= r3]
         nb, mb, mm = block_moments(core)
@@ -281,7 +283,8 @@ def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None,
     pos = 0
     for start, x in iter_blocks(z, rows, progress, "stats 3/3"):
         x = x[d2[start : start + len(x)] <= r3]
-        y = ((x - core_mean) @ core_vec) * core_inv
+        y = (x - core_mean) @ core_vec
+        y *= core_inv
         core_d2[pos : pos + len(x)] = np.einsum("ij,ij->i", y, y)
         pos += len(x)
 
