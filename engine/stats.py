@@ -86,11 +86,13 @@ def gaussian(x, a, mu, s):
 def fit_gaussian(centres: np.ndarray, density: np.ndarray, mean: float, std: float) -> dict:
     """Least-squares Gaussian through a number-density curve; R^2 as goodness of fit."""
     p0 = (density.max(), mean, max(std, 1e-6))
-    try:
-        (a, mu, s), _ = optimize.curve_fit(gaussian, centres, density, p0=p0, maxfev=2000)
-        s = abs(s)
-    except (RuntimeError, ValueError):  # flat or degenerate histogram: fall back to moments
-        a, mu, s = p0
+    a, mu, s = p0  # a component narrower than a few bins, or a failed fit, keeps its moments
+    if np.count_nonzero(density) >= 3:
+        try:
+            (a, mu, s), _ = optimize.curve_fit(gaussian, centres, density, p0=p0, maxfev=2000)
+            s = abs(s)
+        except (RuntimeError, ValueError):
+            a, mu, s = p0
     resid = density - gaussian(centres, a, mu, s)
     ss_tot = float(((density - density.mean()) ** 2).sum())
     r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else float("nan")
