@@ -1,0 +1,80 @@
+"""k-nearest-neighbour graphs with FAISS: exact search in query blocks, HNSW or IVF on request.
+
+Distances are Euclidean (FAISS returns squared L2; we take the root once).
+A point is never its own neighbour: we ask for k + 1 and drop the query row
+(or, with exact duplicates, the last column).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+INDEXES = ("exact", "hnsw", "ivf")
+
+
+def build_index(x: np.ndarray, kind: str = "exact", seed: int = 0, hnsw_m: int = 32, ef_search: int = 64,
+                nprobe: int | None = None):
+    """A FAISS index over float32 (N, D) ``x``; ``kind`` in exact | hnsw | ivf."""
+    if kind not in INDEXES:
+        raise ValueError(f"index must be one of {INDEXES}, got {kind!r}")
+    x = np.ascontiguousarray(x, np.float32)
+    n, d = x.shape
+    if kind == "exact":
+        index = faiss.IndexFlatL2(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m)
+        index.hnsw.efSearch = ef_search
+    else:
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))  # faiss wants >= 39 training points per list
+        quantizer = faiss.IndexFlatL2(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist)
+        rng = np.random.default_rng(seed)
+        train = x[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
+        index.train(train)
+        index.nprobe = nprobe or max(1, nlist // 16)
+    index.add(x)
+    return index
+
+
+def knn(index, queries: np.ndarray, k: int, query_ids: np.ndarray | None = None, block: int = 8192,
+        progress: bool = False, desc: str = "kNN") -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest indexed points of each query: (distances float32 (Q, k), indices int64 (Q, k)).
+
+    ``query_ids``: the index rows of the queries when they are indexed points
+    themselves, so each drops itself. Memory is bounded by one block of queries.
+    """
+    q = np.ascontiguousarray(queries, np.float32)
+    nq = len(q)
+    extra = 1 if query_ids is not None else 0
+    dist = np.empty((nq, k), np.float32)
+    idx = np.empty((nq, k), np.int64)
+    bar = tqdm(total=nq, unit="pt", desc=desc, disable=None if progress else True, leave=False)
+    for s in range(0, nq, block):
+        e = min(s + block, nq)
+        d2, ii = index.search(q[s:e], k + extra)
+        if extra:
+            own = ii == query_ids[s:e, None]
+            # drop the query itself where found, else the farthest candidate
+            drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+            keep = np.ones_like(ii, bool)
+            keep[np.arange(e - s), drop] = False
+            d2 = d2[keep].reshape(e - s, k)
+            ii = ii[keep].reshape(e - s, k)
+        dist[s:e] = np.sqrt(np.maximum(d2, 0))
+        idx[s:e] = ii
+        bar.update(e - s)
+    bar.close()
+    return dist, idx
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of the exact k neighbours that the approximate search found."""
+    hits = [len(np.intersect1d(a, b, assume_unique=True)) for a, b in zip(approx, exact)]
+    return float(np.mean(hits) / exact.shape[1])
