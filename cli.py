@@ -86,6 +86,19 @@ def cmd_stats(args) -> dict:
     }
 
 
+def cmd_structure(args) -> dict:
+    from engine.structure import StructureConfig, compute_structure
+
+    res = compute_structure(args.run, StructureConfig(k=args.k, index=args.index, sample=args.sample, seed=args.seed),
+                            progress=not args.quiet)
+    return {
+        "structure": str(Path(args.run) / "structure" / "structure.json"),
+        "n": res["n"], "k": res["k"], "index": res["index"], "recall_at_k": res["recall_at_k"],
+        "verdicts": [s["verdict"] for s in res["statistics"].values()],
+        "figures": res["figures"], "seconds": {k: round(v, 2) for k, v in res["seconds"].items()},
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zspace",
@@ -135,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb("stats", cmd_stats, "number densities, radius, correlations, PCA, normality -> RUN/stats/")
     sp.add_argument("--bin-width", type=float, default=0.25, help="number-density bin width (default 0.25, as in the study)")
     sp.add_argument("--no-pca", action="store_true", help="do not write PCA coordinates into latents.zarr")
+
+    sp = verb("structure", cmd_structure, "kNN graph, local and global intrinsic dimension, voids; data vs null -> RUN/structure/")
+    sp.add_argument("--k", type=_positive_int, default=16, help="neighbours per point (default 16)")
+    sp.add_argument("--index", choices=("exact", "hnsw", "ivf"), default="exact",
+                    help="FAISS index: exact (default) or approximate with measured recall")
+    sp.add_argument("--sample", type=_positive_int, default=None, help="analyse N randomly chosen points (default all)")
+    sp.add_argument("--seed", type=int, default=0)
 
     sp = verb("run", cmd_run, "the main job: every stage in order, skipping finished ones")
     sp.add_argument("source", metavar="SOURCE", nargs="?", default=None,

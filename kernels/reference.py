@@ -96,3 +96,59 @@ COMPARISONS = {
     "block_moments": (block_moments_ours, block_moments_numpy),
     "density_raster": (density_raster_ours, density_raster_numpy),
 }
+
+
+# Imported here rather than at the top: the local-dimension block was appended
+# as a unit (see kernels/localdim.py).
+from kernels.localdim import local_dim_summary, local_pca  # noqa: E402
+
+
+# --- local_pca(z, neighbours) -> float64 (M, min(k, D)), descending
+
+def local_pca_ours(z, neighbours):
+    m = min(neighbours.shape[1], z.shape[1])
+    return local_pca(z, neighbours, np.empty((neighbours.shape[0], m), dtype=np.float64))
+
+
+def local_pca_numpy(z, neighbours, batch=512):
+    """What a user would write: np.cov of each neighbourhood (D x D, ddof=1),
+    eigenvalues of a (batch, D, D) stack at once. ``eigvalsh``, not ``eigh``:
+    only eigenvalues are wanted, and skipping the eigenvectors makes the
+    baseline faster (LAPACK syevd with jobz='N'), so ratios against it are
+    conservative."""
+    n, k = neighbours.shape
+    m = min(k, z.shape[1])
+    out = np.empty((n, m), dtype=np.float64)
+    for s in range(0, n, batch):
+        x = z[neighbours[s:s + batch]].astype(np.float64)  # (b, k, D)
+        xc = x - x.mean(axis=1, keepdims=True)
+        cov = np.matmul(xc.transpose(0, 2, 1), xc) / (k - 1)  # np.cov(x[i], rowvar=False) per i
+        out[s:s + batch] = np.linalg.eigvalsh(cov)[:, ::-1][:, :m]
+    return out
+
+
+# --- local_dim_summary(eigvals) -> (n90 int32 (M,), pr float32 (M,), lin float32 (M,))
+
+def local_dim_summary_ours(eigvals):
+    n = eigvals.shape[0]
+    return local_dim_summary(eigvals, np.empty(n, np.int32), np.empty(n, np.float32), np.empty(n, np.float32))
+
+
+def local_dim_summary_numpy(eigvals):
+    lam = np.asarray(eigvals, dtype=np.float64)
+    csum = np.cumsum(lam, axis=1)
+    total = csum[:, -1]
+    ok = total > 0
+    n90 = np.where(ok, np.argmax(csum >= 0.9 * total[:, None], axis=1) + 1, 0).astype(np.int32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pr = np.where(ok, total ** 2 / (lam ** 2).sum(axis=1), 0.0).astype(np.float32)
+        l2 = lam[:, 1] if lam.shape[1] > 1 else np.zeros(lam.shape[0])
+        lin = np.where(ok, (lam[:, 0] - l2) / lam[:, 0], 0.0).astype(np.float32)
+    return n90, pr, lin
+
+
+COMPARISONS.update({
+    "local_pca": (local_pca_ours, local_pca_numpy),
+    "local_dim_summary": (local_dim_summary_ours, local_dim_summary_numpy),
+})
+__all__ += [f"{k}_{s}" for k in ("local_pca", "local_dim_summary") for s in ("ours", "numpy")]

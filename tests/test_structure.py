@@ -1,0 +1,63 @@
+"""zspace structure: a multivariate normal is no different from its null; a cloud of filaments is."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from engine.latents import import_latents
+from engine.structure import StructureConfig, compute_structure
+
+
+def store(tmp_path, z):
+    np.save(tmp_path / "z.npy", z.astype(np.float32))
+    import_latents(tmp_path / "z.npy", tmp_path, progress=False)
+
+
+def test_normal_cloud_gives_no_difference(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(16, 16))
+    store(tmp_path, rng.normal(size=(6000, 16)) @ a + 3.0)
+    res = compute_structure(tmp_path, StructureConfig(k=10, bootstrap=50), progress=False)
+    flagged = [s["verdict"] for s in res["statistics"].values() if s["differs"]]
+    assert not flagged, flagged
+    for s in res["statistics"].values():
+        assert "no difference from the null" in s["verdict"]
+    saved = json.loads((tmp_path / "structure" / "structure.json").read_text())
+    assert set(saved["statistics"]) == set(res["statistics"])
+    g = zarr.open_group(tmp_path / "latents.zarr", mode="r")
+    assert g["local_dim"].shape == (6000,) and g["knn_indices"].shape == (6000, 10)
+    assert np.isfinite(g["local_dim"][:]).all()
+
+
+def test_filaments_differ_from_the_null(tmp_path):
+    rng = np.random.default_rng(1)
+    t = rng.uniform(0, 1, size=(6000, 1))
+    dirs = rng.normal(size=(30, 16))  # 30 thin straight filaments through a common region
+    which = rng.integers(0, 30, 6000)
+    z = (t - 0.5) * 8 * dirs[which] + 0.02 * rng.normal(size=(6000, 16))
+    store(tmp_path, z)
+    res = compute_structure(tmp_path, StructureConfig(k=10, bootstrap=50), progress=False)
+    st = res["statistics"]
+    assert st["local_linearity"]["differs"] and st["local_linearity"]["data"] > st["local_linearity"]["null"]
+    assert st["twonn_dimension"]["differs"] and st["twonn_dimension"]["data"] < st["twonn_dimension"]["null"] / 3
+    assert st["void_ratio"]["differs"] and st["void_ratio"]["data"] > st["void_ratio"]["null"]
+
+
+def test_sample_and_approximate_index(tmp_path):
+    rng = np.random.default_rng(2)
+    store(tmp_path, rng.normal(size=(3000, 8)))
+    res = compute_structure(tmp_path, StructureConfig(k=8, index="hnsw", sample=1500, bootstrap=20), progress=False)
+    assert res["sampled"] and res["n"] == 1500
+    assert 0.5 < res["recall_at_k"]["data"] <= 1.0
+    g = zarr.open_group(tmp_path / "latents.zarr", mode="r")
+    ld = g["local_dim"][:]
+    assert np.isfinite(ld).sum() == 1500 and g["knn_indices"][:].max() < 3000
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="k must be >= 3"):
+        StructureConfig(k=2)
