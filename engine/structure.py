@@ -220,9 +220,15 @@ def compute_structure(run_dir: str | os.PathLike, config: StructureConfig | None
         latents.create_array(name, shape=full.shape, chunks=(min(n_all, 1 << 16), cfg.k), dtype=dtype,
                              overwrite=True)[:] = full
 
+    from engine.planes import dominant_components, plane_views
     from engine.structplots import structure_figures
 
     result["figures"] = structure_figures(out_dir, result, data_s, null_s, void)
+    nb, mean, m = block_moments(x)
+    w, v = np.linalg.eigh(covariance(nb, m))
+    eigvec = v[:, np.argsort(w)[::-1]]
+    result["planes"], plane_figs = plane_views(out_dir, x, null, mean, eigvec, dominant_components(run, x))
+    result["figures"] += plane_figs
     result["seconds"]["total"] = time.perf_counter() - t0
     (out_dir / "structure.json").write_text(json.dumps(result, indent=1))
     for key, s in result["statistics"].items():

@@ -31,6 +31,21 @@ def test_normal_cloud_gives_no_difference(tmp_path):
     g = zarr.open_group(tmp_path / "latents.zarr", mode="r")
     assert g["local_dim"].shape == (6000,) and g["knn_indices"].shape == (6000, 10)
     assert np.isfinite(g["local_dim"][:]).all()
+    # plane views: only PC1 x PC2 exists in 16-D (PC18, PC35 do not), plus the two widest components
+    assert [p["plane"].split(" (")[0] for p in res["planes"]][0] == "PC1 x PC2" and len(res["planes"]) == 2
+    for p in res["planes"]:
+        w5 = p["windows"][0]
+        assert w5["side"] == 5 and abs(w5["empty_share_data"] - w5["empty_share_null"]) < 0.05, p
+    assert all((tmp_path / "structure" / f).exists() for f in res["figures"])
+
+
+def test_occupied_region_is_the_95_percent_ellipse():
+    from engine.planes import occupied_mask
+
+    share = occupied_mask(np.eye(2), side=10.0, bins=400).mean()
+    assert share == pytest.approx(np.pi * 5.991 / 100, abs=0.003)
+    wide = occupied_mask(np.diag([4.0, 1.0]), side=20.0, bins=400).mean()
+    assert wide == pytest.approx(np.pi * 2 * 5.991 / 400, abs=0.003), "area scales with sqrt(det)"
 
 
 def test_filaments_differ_from_the_null(tmp_path):
