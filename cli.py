@@ -99,6 +99,16 @@ def cmd_structure(args) -> dict:
     }
 
 
+def cmd_tsne(args) -> dict:
+    from engine.tsne import TSNEConfig, compute_tsne
+
+    cfg = TSNEConfig(n=args.n, pca=args.pca, perplexity=args.perplexity, early_exaggeration=args.early_exaggeration,
+                     n_iter=args.n_iter, seed=args.seed, null=not args.no_null)
+    res = compute_tsne(args.run, cfg, progress=not args.quiet)
+    return {k: res[k] for k in ("n", "seconds", "kl_divergence") if k in res} | {
+        "embedding": str(Path(args.run) / "tsne" / "embedding.npz"), "figure": str(Path(args.run) / "tsne" / "tsne.png")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zspace",
@@ -155,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="FAISS index: exact (default) or approximate with measured recall")
     sp.add_argument("--sample", type=_positive_int, default=None, help="analyse N randomly chosen points (default all)")
     sp.add_argument("--seed", type=int, default=0)
+
+    sp = verb("tsne", cmd_tsne, "openTSNE map of N random points, beside the null model -> RUN/tsne/")
+    sp.add_argument("--n", type=_positive_int, default=20000, help="points embedded (default 20,000, as in the study)")
+    sp.add_argument("--pca", type=_positive_int, default=None, help="project onto the first K principal components first")
+    sp.add_argument("--perplexity", type=float, default=30.0, help="default 30 (the study used 10 at 20,000 points)")
+    sp.add_argument("--early-exaggeration", type=float, default=12.0, help="default 12 (the study used 16)")
+    sp.add_argument("--n-iter", type=_positive_int, default=750, help="total iterations, the first 250 exaggerated")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--no-null", action="store_true", help="skip the null model's embedding")
 
     sp = verb("run", cmd_run, "the main job: every stage in order, skipping finished ones")
     sp.add_argument("source", metavar="SOURCE", nargs="?", default=None,

@@ -345,11 +345,95 @@ def stage_stats(ctx) -> list[Row]:
     return rows
 
 
+def stage_knn(ctx) -> list[Row]:
+    """Exact kNN graph: FAISS flat search in query blocks vs sklearn NearestNeighbors(algorithm="brute")."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from engine.knn import build_index, knn
+
+    n, k = (5_000 if ctx["small"] else 50_000), 16
+    x = latent_cloud(n)
+    ids = np.arange(n)
+
+    def ours():
+        return knn(build_index(x), x, k, query_ids=ids)
+
+    def base():
+        return NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(x).kneighbors(x)
+
+    t_o, t_b = best_of(ours, 1), best_of(base, 1)
+    return [Row("knn_exact", f"{n:,} x 256, k={k}", t_o, t_b, "FAISS IndexFlatL2, query blocks",
+                "sklearn NearestNeighbors(brute)", f"{n / t_o:,.0f} queries/s")]
+
+
+def stage_local_pca(ctx) -> list[Row]:
+    """Local PCA of every k=16 neighbourhood: numba Gram-matrix kernel vs batched numpy eigvalsh of D x D covariances."""
+    from kernels.reference import COMPARISONS
+
+    ours, ref = COMPARISONS["local_pca"]
+    n, k = (20_000 if ctx["small"] else 202_599), 16
+    x = latent_cloud(n)
+    nb = np.random.default_rng(0).integers(0, n, size=(n, k)).astype(np.int64)
+    ours(x, nb[:100])  # compile
+    t_o = best_of(lambda: ours(x, nb), 1)
+    m = 1024  # the baseline on a subset, extrapolated linearly (it is per-neighbourhood work)
+    t_sub = best_of(lambda: ref(x, nb[:m]), 1)
+    return [Row("local_pca", f"{n:,} neighbourhoods, k={k}, D=256", t_o, t_sub * n / m, "numba local_pca (k x k Gram)",
+                "numpy eigvalsh of (D, D) covariances", f"{n / t_o:,.0f} pts/s",
+                notes=f"baseline timed on {m} neighbourhoods and scaled to {n:,}")]
+
+
+def stage_tsne(ctx) -> list[Row]:
+    """t-SNE of 10,000 x 256 points: openTSNE vs sklearn.manifold.TSNE, same perplexity and iterations."""
+    from openTSNE import TSNE as OpenTSNE
+    from sklearn.manifold import TSNE as SkTSNE
+
+    n = 2_000 if ctx["small"] else 10_000
+    iters = 250 if ctx["small"] else 750
+    x = latent_cloud(n)
+
+    def ours():
+        return OpenTSNE(perplexity=30, n_iter=iters - 250, early_exaggeration_iter=250, random_state=0,
+                        n_jobs=ctx["cores"]).fit(x)
+
+    def base():
+        return SkTSNE(perplexity=30, max_iter=iters, random_state=0, n_jobs=ctx["cores"], init="pca").fit_transform(x)
+
+    t_o, t_b = best_of(ours, 1), best_of(base, 1)
+    return [Row("tsne", f"{n:,} x 256, {iters} iterations", t_o, t_b, "openTSNE (FFT-accelerated)",
+                "sklearn TSNE (Barnes-Hut)", f"{n / t_o:,.0f} pts/s")]
+
+
+def stage_structure(ctx) -> list[Row]:
+    """End-to-end `zspace structure` (exact kNN of data and null, local PCA, IDs, voids, planes)."""
+    import zarr
+
+    from engine.store import chunk_rows
+    from engine.structure import compute_structure
+
+    n = 20_000 if ctx["small"] else 202_599
+    run = Path(tempfile.mkdtemp(dir=ctx["workdir"]))
+    g = zarr.open_group(run / "latents.zarr", mode="w")
+    z = g.create_array("z", shape=(n, 256), chunks=(chunk_rows(256), 256), dtype="float32")
+    z[:] = latent_cloud(n)
+    g.attrs["complete"] = True
+    t0 = time.perf_counter()
+    res = compute_structure(run, progress=False)
+    t = time.perf_counter() - t0
+    shutil.rmtree(run)
+    return [Row("structure", f"{n:,} x 256, k=16, exact", t, float("nan"), "zspace structure (data + null)", "-",
+                f"{n / t:,.0f} pts/s", notes=f"kNN data {res['seconds']['knn_data']:.0f} s, null {res['seconds']['knn_null']:.0f} s")]
+
+
 STAGES: dict[str, Callable] = {
     "prepare": stage_prepare,
     "train_feed": stage_train_feed,
     "kernels": stage_kernels,
     "stats": stage_stats,
+    "knn": stage_knn,
+    "local_pca": stage_local_pca,
+    "tsne": stage_tsne,
+    "structure": stage_structure,
 }
 
 
