@@ -92,6 +92,21 @@ def verdict(name: str, data: float, null: float, se_data: float, se_null: float)
             "relative_difference": rel, "differs": bool(differs), "verdict": text}
 
 
+def corrected_dimension(pr: np.ndarray, m: int, d: int) -> np.ndarray:
+    """Local dimension from the participation ratio of an m-point neighbourhood, float32.
+
+    m points of an isotropic d-dimensional normal give, in expectation,
+    PR = d / (1 + d / (m - 1)): 16 neighbours of a 10-D blob show PR ~ 6. Inverting
+    it, d = PR / (1 - PR / (m - 1)), undoes that bias; it saturates as PR nears
+    m - 1 (a neighbourhood cannot show more than m - 1 dimensions), so it is
+    clipped to [PR, D].
+    """
+    pr = pr.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        dim = pr / np.clip(1.0 - pr / (m - 1), 1e-9, None)
+    return np.clip(dim, pr, d).astype(np.float32)
+
+
 def _cloud_statistics(x: np.ndarray, cfg: StructureConfig, rng, progress: bool, label: str) -> dict:
     """kNN graph, local PCA and global ID of one cloud."""
     t0 = time.perf_counter()
@@ -112,9 +127,10 @@ def _cloud_statistics(x: np.ndarray, cfg: StructureConfig, rng, progress: bool, 
     pr = np.empty(len(x), np.float32)
     lin = np.empty(len(x), np.float32)
     local_dim_summary(eig, n90, pr, lin)
+    ldim = corrected_dimension(pr, cfg.k + 1, x.shape[1])
     twonn = twonn_dimension(dist[:, 0].astype(np.float64), dist[:, 1].astype(np.float64))
     lb, lb_points = levina_bickel_dimension(dist.astype(np.float64), cfg.k)
-    return {"dist": dist, "idx": idx, "recall": recall, "n90": n90, "pr": pr, "lin": lin, "twonn": twonn,
+    return {"dist": dist, "idx": idx, "recall": recall, "n90": n90, "pr": pr, "lin": lin, "ldim": ldim, "twonn": twonn,
             "levina_bickel": lb, "lb_points": lb_points, "index": index, "seconds_knn": t_knn,
             "seconds": time.perf_counter() - t0}
 
@@ -175,7 +191,10 @@ def compute_structure(run_dir: str | os.PathLike, config: StructureConfig | None
 
     lb_se = {k: _bootstrap_se(s["lb_points"][np.isfinite(s["lb_points"])], lambda v: 1 / np.mean(1 / v), rng, b)
              for k, s in (("data", data_s), ("null", null_s))}
-    mu = {k: (s["dist"][:, 1] / s["dist"][:, 0])[s["dist"][:, 0] > 0] for k, s in (("data", data_s), ("null", null_s))}
+    mu = {}
+    for key, s in (("data", data_s), ("null", null_s)):
+        r1, r2 = s["dist"][:, 0], s["dist"][:, 1]
+        mu[key] = r2[r1 > 0] / r1[r1 > 0]  # duplicates have no ratio
     twonn_se = {k: _bootstrap_se(v, lambda m_: len(m_) / np.sum(np.log(m_)), rng, b) for k, v in mu.items()}
     result = {
         "n": int(n), "d": int(d), "k": cfg.k, "index": cfg.index, "sampled": rows is not None,
@@ -184,6 +203,8 @@ def compute_structure(run_dir: str | os.PathLike, config: StructureConfig | None
                    f"> {REL_LIMIT:.0%}; KS distances beside the KS between two halves of the null"),
         "recall_at_k": {"data": data_s["recall"], "null": null_s["recall"]},
         "statistics": {
+            "local_dimension": compare("local dimension, bias-corrected participation ratio (median)",
+                                       data_s["ldim"], null_s["ldim"]),
             "local_participation_ratio": compare("local participation ratio (median)", data_s["pr"], null_s["pr"]),
             # a count: its median moves in whole steps and has no bootstrap spread, so compare means
             "local_n90": compare("local components for 90% variance (mean)", data_s["n90"].astype(float),
@@ -206,7 +227,8 @@ def compute_structure(run_dir: str | os.PathLike, config: StructureConfig | None
     # per-point arrays aligned with the rows of z (NaN / -1 where a point was not sampled)
     latents = zarr.open_group(latents_path(run), mode="r+")
     sel = slice(None) if rows is None else rows
-    for name, values, fill, dtype in (("local_dim", data_s["pr"], np.nan, "float32"),
+    for name, values, fill, dtype in (("local_dim", data_s["ldim"], np.nan, "float32"),
+                                      ("local_pr", data_s["pr"], np.nan, "float32"),
                                       ("local_n90", data_s["n90"], -1, "int16"),
                                       ("local_linearity", data_s["lin"], np.nan, "float32")):
         full = np.full(n_all, fill, dtype)

@@ -76,3 +76,26 @@ def test_sample_and_approximate_index(tmp_path):
 def test_bad_config():
     with pytest.raises(ValueError, match="k must be >= 3"):
         StructureConfig(k=2)
+
+
+def test_planted_curve_and_blob(tmp_path):
+    """A helix (1-D) and a 10-D Gaussian blob, both rotated into 64-D, far apart."""
+    rng = np.random.default_rng(4)
+    t = rng.uniform(0, 4 * np.pi, 2000)
+    curve = np.zeros((2000, 64))
+    curve[:, 0], curve[:, 1], curve[:, 2] = np.cos(t), np.sin(t), 0.3 * t
+    blob = np.zeros((5000, 64))
+    blob[:, :10] = rng.normal(size=(5000, 10))
+    rot, _ = np.linalg.qr(rng.normal(size=(64, 64)))
+    z = np.concatenate([curve * 3, blob + 40.0]) @ rot
+    store(tmp_path, z)
+    compute_structure(tmp_path, StructureConfig(k=16, bootstrap=20), progress=False)
+    g = zarr.open_group(tmp_path / "latents.zarr", mode="r")
+    ld = g["local_dim"][:]
+    on_curve, on_blob = float(np.median(ld[:2000])), float(np.median(ld[2000:]))
+    assert on_curve < 1.5, on_curve
+    assert 8.0 < on_blob < 12.0, on_blob
+    from kernels.intrinsic import twonn_dimension
+
+    d = g["knn_distances"][2000:].astype(np.float64)
+    assert abs(twonn_dimension(d[:, 0], d[:, 1]) - 10) < 1.5
