@@ -29,8 +29,9 @@ def structure_figures(out_dir: Path, res: dict, data_s: dict, null_s: dict, void
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     _pair_hist(axes[0], data_s["pr"], null_s["pr"], 60, "participation ratio of the local covariance",
-               f"Local dimension (k = {k}): {st['local_participation_ratio']['data']:.2f} vs "
-               f"{st['local_participation_ratio']['null']:.2f}")
+               f"Participation ratio, k = {k} (medians {st['local_participation_ratio']['data']:.2f} vs "
+               f"{st['local_participation_ratio']['null']:.2f})\ncorrected local dimension: "
+               f"{st['local_dimension']['data']:.1f} vs {st['local_dimension']['null']:.1f}")
     n90_d, n90_n = data_s["n90"], null_s["n90"]
     top = int(max(n90_d.max(), n90_n.max()))
     edges = np.arange(0.5, top + 1.5)
