@@ -109,6 +109,13 @@ def cmd_tsne(args) -> dict:
         "embedding": str(Path(args.run) / "tsne" / "embedding.npz"), "figure": str(Path(args.run) / "tsne" / "tsne.png")}
 
 
+def cmd_generate(args) -> dict:
+    from engine.generate import generate
+
+    info = generate(args.run, args.sampler, n=args.n, seed=args.seed, device=args.device)
+    return {**info, "grid": str(Path(args.run) / "generate" / args.sampler / "grid.png")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zspace",
@@ -174,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-iter", type=_positive_int, default=750, help="total iterations, the first 250 exaggerated")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--no-null", action="store_true", help="skip the null model's embedding")
+
+    sp = verb("generate", cmd_generate, "draw z-points from a sampler fitted to the cloud and decode them -> RUN/generate/NAME/")
+    sp.add_argument("--sampler", required=True,
+                    choices=("uniform", "box", "gauss", "mvn", "mvn-core", "gmm", "origin", "data"))
+    sp.add_argument("--n", type=_positive_int, default=64, help="z-points to draw (default 64)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device", default="auto")
 
     sp = verb("run", cmd_run, "the main job: every stage in order, skipping finished ones")
     sp.add_argument("source", metavar="SOURCE", nargs="?", default=None,

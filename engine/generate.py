@@ -1,0 +1,82 @@
+"""``zspace generate``: draw z-points from a sampler fitted to the cloud and decode them.
+
+Writes RUN/generate/<sampler>/: grid.png (the first 64 images), z.npy (n, D)
+float32, images.npy (n, S, S, 3) uint8 and sampler.json (settings, seed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.latents import iter_blocks
+from engine.plots import save_image_grid
+from engine.precision import resolve_device, resolve_precision
+from engine.sampling import Sampler, SamplerConfig
+from engine.sources import TEST
+from engine.store import open_latents
+from engine.train import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def load_z(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """All latents, float32 (N, D), and the rows of held-out test images (all rows when there is no split)."""
+    group = open_latents(run_dir)
+    z = group["z"]
+    out = np.empty(z.shape, np.float32)
+    for s, block in iter_blocks(z):
+        out[s : s + len(block)] = block
+    test = np.flatnonzero(group["split"][:] == TEST) if "split" in group else np.arange(len(out))
+    return out, test
+
+
+@torch.no_grad()
+def decode(run_dir: str | os.PathLike, z: np.ndarray, checkpoint: str | os.PathLike | None = None,
+           device: str = "auto", batch_size: int = 256) -> np.ndarray:
+    """Images of z-points: float (n, D) -> uint8 (n, S, S, 3), with the run's best checkpoint."""
+    run = Path(run_dir)
+    if checkpoint is None:
+        best = run / "checkpoints" / "best.pt"
+        checkpoint = best if best.exists() else run / "checkpoints" / "last.pt"
+    dev = resolve_device(device)
+    prec = resolve_precision("auto", dev)
+    model, _ = load_checkpoint(checkpoint, dev)
+    if z.shape[1] != model.config.z_dim:
+        raise ValueError(f"z-points have {z.shape[1]} components, the model's latent space has {model.config.z_dim}")
+    out = []
+    for s in range(0, len(z), batch_size):
+        zb = torch.from_numpy(np.ascontiguousarray(z[s : s + batch_size], np.float32)).to(dev)
+        with prec.autocast():
+            img = model.decode(zb)
+        out.append(img.float().mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.size, model.config.size, 3), np.uint8)
+
+
+def generate(run_dir: str | os.PathLike, sampler: str, n: int = 64, seed: int = 0,
+             config: SamplerConfig | None = None, device: str = "auto") -> dict:
+    """Fit ``sampler`` to the run's latents, draw ``n`` z-points, decode them; returns sampler.json."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    run = Path(run_dir)
+    z, test = load_z(run)
+    s = Sampler(sampler, config, seed=seed).fit(z, test_rows=test)
+    zs = s.sample(n, np.random.default_rng(seed))
+    images = decode(run, zs, device=device)
+    out = run / "generate" / sampler
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "z.npy", zs)
+    np.save(out / "images.npy", images)
+    save_image_grid(out / "grid.png", images[:64], ncols=8, scale=2)
+    info = {"sampler": sampler, "n": n, "seed": seed, "config": {**asdict(s.config), "origin_radii": list(s.config.origin_radii)},
+            "z_norm_mean": float(np.linalg.norm(zs, axis=1).mean()),
+            "files": {"grid": "grid.png", "z": "z.npy", "images": "images.npy"}}
+    (out / "sampler.json").write_text(json.dumps(info, indent=1))
+    logger.info("%s: %d images into %s", sampler, n, out)
+    return info
