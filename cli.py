@@ -116,6 +116,16 @@ def cmd_generate(args) -> dict:
     return {**info, "grid": str(Path(args.run) / "generate" / args.sampler / "grid.png")}
 
 
+def cmd_paths(args) -> dict:
+    from engine.paths import run_paths
+
+    between = tuple(args.between.split(",")) if args.between else None
+    if between is not None and len(between) != 2:
+        raise ValueError(f"--between takes two image ids separated by a comma, got {args.between!r}")
+    return run_paths(args.run, angle=args.angle, length=args.length, steps=args.steps, between=between,
+                     extend=args.extend, device=args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zspace",
@@ -187,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=("uniform", "box", "gauss", "mvn", "mvn-core", "gmm", "origin", "data"))
     sp.add_argument("--n", type=_positive_int, default=64, help="z-points to draw (default 64)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device", default="auto")
+
+    sp = verb("paths", cmd_paths, "decode z-points on paths through the cloud -> RUN/generate/paths/")
+    sp.add_argument("--angle", type=float, default=0.0, help="rotation of the in-plane segments, degrees")
+    sp.add_argument("--length", type=float, default=4.0, help="segment length in units of the spread along it")
+    sp.add_argument("--steps", type=_positive_int, default=9, help="points per segment (odd: the centre is one)")
+    sp.add_argument("--between", default=None, metavar="ID_A,ID_B", help="also interpolate between two images' latents")
+    sp.add_argument("--extend", type=float, default=0.5, help="extend the interpolation beyond both ends")
     sp.add_argument("--device", default="auto")
 
     sp = verb("run", cmd_run, "the main job: every stage in order, skipping finished ones")
