@@ -126,6 +126,12 @@ def cmd_paths(args) -> dict:
                      extend=args.extend, device=args.device)
 
 
+def cmd_judge(args) -> dict:
+    from engine.judge import judge_path
+
+    return judge_path(args.images, size=args.size)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zspace",
@@ -206,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--between", default=None, metavar="ID_A,ID_B", help="also interpolate between two images' latents")
     sp.add_argument("--extend", type=float, default=0.5, help="extend the interpolation beyond both ends")
     sp.add_argument("--device", default="auto")
+
+    sp = sub.add_parser("judge", help="face rate (OpenCV Haar cascade) and sharpness of a folder of images or an .npy/.npz",
+                        description="face rate (OpenCV Haar cascade, fixed settings) with a 95% Wilson interval, and sharpness")
+    sp.add_argument("images", metavar="IMAGES", help="folder of PNG/JPEG images, an image, or an .npy/.npz array (N,S,S,3)")
+    sp.add_argument("--size", type=_positive_int, default=96, help="images are judged at this side (default 96)")
+    sp.set_defaults(func=cmd_judge)
 
     sp = verb("run", cmd_run, "the main job: every stage in order, skipping finished ones")
     sp.add_argument("source", metavar="SOURCE", nargs="?", default=None,
