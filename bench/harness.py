@@ -324,7 +324,6 @@ def stage_stats(ctx) -> list[Row]:
     import zarr
 
     from engine.store import chunk_rows
-    from engine.stats import StatsConfig, compute_stats
 
     rows = []
     sizes = [(20_000, "time")] if ctx["small"] else [(202_599, "time"), (1_000_000, "memory")]

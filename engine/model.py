@@ -10,10 +10,12 @@ fp16/bf16 autocast; ``decode`` applies the sigmoid.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from engine.config import config_from_dict
 
 
 @dataclass
@@ -37,11 +39,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; allowed: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "model")
 
     def to_dict(self) -> dict:
         d = asdict(self)

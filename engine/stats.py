@@ -25,13 +25,14 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
 from scipy import optimize, special, stats as sstats
 
+from engine.config import config_from_dict
 from engine.store import latents_path, open_latents
 from engine.latents import create_rows_array, iter_blocks
 from kernels.histogram import component_histograms, histogram_1d, row_norms, uniform_edges
@@ -68,10 +69,7 @@ class StatsConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "StatsConfig":
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown stats config keys {sorted(set(d) - known)}; allowed: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "stats")
 
 
 def sigma_probability(k: float) -> float:

@@ -32,7 +32,7 @@ from engine.latents import iter_blocks
 from engine.store import latents_path, open_latents
 from kernels.intrinsic import levina_bickel_dimension, twonn_dimension
 from kernels.localdim import local_dim_summary, local_pca
-from kernels.moments import block_moments, covariance, merge_moments
+from kernels.moments import block_moments, covariance
 
 logger = logging.getLogger(__name__)
 

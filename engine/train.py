@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from engine.config import config_from_dict
 from engine.feed import BatchFeed, read_rows
 from engine.imagecache import open_cache
 from engine.model import Autoencoder, ModelConfig
@@ -66,11 +67,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown train config keys {sorted(unknown)}; allowed: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "train")
 
 
 def to_input(batch: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:

@@ -33,12 +33,13 @@ import logging
 import numbers
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from engine.config import config_from_dict
 from engine.store import latents_path, open_latents
 from engine.structure import fitted_normal
 
@@ -85,10 +86,7 @@ class TSNEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TSNEConfig":
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown tsne config keys {sorted(set(d) - known)}; allowed: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "tsne")
 
 
 def tsne_dir(run_dir: str | os.PathLike) -> Path:

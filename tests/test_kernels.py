@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.histogram import (component_histograms, component_histograms_serial, histogram_1d, row_norms,
+from kernels.histogram import (component_histograms, component_histograms_serial, histogram_1d,
                                row_norms_serial, uniform_edges)
 from kernels.moments import block_moments, covariance, merge_moments
 from kernels.raster import density_raster, density_raster_serial
