@@ -126,6 +126,17 @@ def cmd_paths(args) -> dict:
                      extend=args.extend, device=args.device)
 
 
+def cmd_compare(args) -> dict:
+    from engine.compare import compare
+
+    res = compare(args.run, n=args.n, seed=args.seed, device=args.device, progress=not args.quiet)
+    out = Path(args.run) / "generate"
+    return {"samplers": {k: {m: v[m] for m in ("face_rate", "face_rate_ci", "consistency", "nn_distance_ratio",
+                                                 "sharpness_ratio")} for k, v in res["samplers"].items()},
+            "paths": {k: v["along"] for k, v in res["paths"].items()}, "seconds": res["seconds"],
+            "json": str(out / "compare.json"), "table": str(out / "compare.md"), "figure": str(out / "compare.png")}
+
+
 def cmd_judge(args) -> dict:
     from engine.judge import judge_path
 
@@ -211,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=_positive_int, default=9, help="points per segment (odd: the centre is one)")
     sp.add_argument("--between", default=None, metavar="ID_A,ID_B", help="also interpolate between two images' latents")
     sp.add_argument("--extend", type=float, default=0.5, help="extend the interpolation beyond both ends")
+    sp.add_argument("--device", default="auto")
+
+    sp = verb("compare", cmd_compare, "every sampler and path family decoded and judged -> RUN/generate/compare.json, .md, .png")
+    sp.add_argument("--n", type=_positive_int, default=1000, help="z-points per sampler (default 1,000)")
+    sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--device", default="auto")
 
     sp = sub.add_parser("judge", help="face rate (OpenCV Haar cascade) and sharpness of a folder of images or an .npy/.npz",

@@ -21,7 +21,7 @@ from engine.precision import resolve_device, resolve_precision
 from engine.sampling import Sampler, SamplerConfig
 from engine.sources import TEST
 from engine.store import open_latents
-from engine.train import load_checkpoint
+from engine.train import load_checkpoint, to_input
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +37,25 @@ def load_z(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return out, test
 
 
-@torch.no_grad()
-def decode(run_dir: str | os.PathLike, z: np.ndarray, checkpoint: str | os.PathLike | None = None,
-           device: str = "auto", batch_size: int = 256) -> np.ndarray:
-    """Images of z-points: float (n, D) -> uint8 (n, S, S, 3), with the run's best checkpoint."""
+def load_model(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None, device: str = "auto"):
+    """The run's trained autoencoder in eval mode: (model, device, precision); ``best.pt`` unless given."""
     run = Path(run_dir)
     if checkpoint is None:
         best = run / "checkpoints" / "best.pt"
         checkpoint = best if best.exists() else run / "checkpoints" / "last.pt"
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"{checkpoint} does not exist: run 'zspace train --run {run}' first")
     dev = resolve_device(device)
-    prec = resolve_precision("auto", dev)
-    model, _ = load_checkpoint(checkpoint, dev)
-    if z.shape[1] != model.config.z_dim:
-        raise ValueError(f"z-points have {z.shape[1]} components, the model's latent space has {model.config.z_dim}")
+    model, _ = load_checkpoint(checkpoint, dev)  # in eval mode
+    model = model.to(memory_format=torch.channels_last)  # as zspace encode runs it
+    return model, dev, resolve_precision("auto", dev)
+
+
+@torch.no_grad()
+def decode_with(model, z: np.ndarray, dev, prec, batch_size: int = 256) -> np.ndarray:
+    """Images of z-points: float (n, D) -> uint8 (n, S, S, 3)."""
+    if z.ndim != 2 or z.shape[1] != model.config.z_dim:
+        raise ValueError(f"z-points must have shape (n, {model.config.z_dim}) for this model, got {z.shape}")
     out = []
     for s in range(0, len(z), batch_size):
         zb = torch.from_numpy(np.ascontiguousarray(z[s : s + batch_size], np.float32)).to(dev)
@@ -57,6 +63,40 @@ def decode(run_dir: str | os.PathLike, z: np.ndarray, checkpoint: str | os.PathL
             img = model.decode(zb)
         out.append(img.float().mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.size, model.config.size, 3), np.uint8)
+
+
+@torch.no_grad()
+def encode_with(model, images: np.ndarray, dev, prec, batch_size: int = 256) -> np.ndarray:
+    """Latents of uint8 (n, S, S, 3) images -> float32 (n, D), exactly as ``zspace encode`` computes them."""
+    out = []
+    for s in range(0, len(images), batch_size):
+        x = to_input(np.ascontiguousarray(images[s : s + batch_size]), dev, channels_last=True)
+        with prec.autocast():
+            z = model.encode(x)
+        out.append(z.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.z_dim), np.float32)
+
+
+def decode(run_dir: str | os.PathLike, z: np.ndarray, checkpoint: str | os.PathLike | None = None,
+           device: str = "auto", batch_size: int = 256) -> np.ndarray:
+    """Images of z-points: float (n, D) -> uint8 (n, S, S, 3), with the run's best checkpoint."""
+    model, dev, prec = load_model(run_dir, checkpoint, device)
+    return decode_with(model, np.asarray(z), dev, prec, batch_size)
+
+
+def write_samples(out: Path, zs: np.ndarray, images: np.ndarray, info: dict) -> None:
+    """RUN/generate/NAME/: z.npy, images.npy, grid.png (the first 64 images) and sampler.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "z.npy", zs)
+    np.save(out / "images.npy", images)
+    save_image_grid(out / "grid.png", images[:64], ncols=8, scale=2)
+    (out / "sampler.json").write_text(json.dumps(info, indent=1))
+
+
+def sampler_info(s: Sampler, n: int, seed: int, zs: np.ndarray) -> dict:
+    return {"sampler": s.name, "n": n, "seed": seed, "config": {**asdict(s.config), "origin_radii": list(s.config.origin_radii)},
+            "z_norm_mean": float(np.linalg.norm(zs, axis=1).mean()),
+            "files": {"grid": "grid.png", "z": "z.npy", "images": "images.npy"}}
 
 
 def generate(run_dir: str | os.PathLike, sampler: str, n: int = 64, seed: int = 0,
@@ -69,14 +109,7 @@ def generate(run_dir: str | os.PathLike, sampler: str, n: int = 64, seed: int = 
     s = Sampler(sampler, config, seed=seed).fit(z, test_rows=test)
     zs = s.sample(n, np.random.default_rng(seed))
     images = decode(run, zs, device=device)
-    out = run / "generate" / sampler
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "z.npy", zs)
-    np.save(out / "images.npy", images)
-    save_image_grid(out / "grid.png", images[:64], ncols=8, scale=2)
-    info = {"sampler": sampler, "n": n, "seed": seed, "config": {**asdict(s.config), "origin_radii": list(s.config.origin_radii)},
-            "z_norm_mean": float(np.linalg.norm(zs, axis=1).mean()),
-            "files": {"grid": "grid.png", "z": "z.npy", "images": "images.npy"}}
-    (out / "sampler.json").write_text(json.dumps(info, indent=1))
-    logger.info("%s: %d images into %s", sampler, n, out)
+    info = sampler_info(s, n, seed, zs)
+    write_samples(run / "generate" / sampler, zs, images, info)
+    logger.info("%s: %d images into %s", sampler, n, run / "generate" / sampler)
     return info

@@ -47,3 +47,18 @@ def celeba_root(tmp_path) -> Path:
     (root / "list_eval_partition.txt").write_text("\n".join(lines_p) + "\n")
     (root / "identity_CelebA.txt").write_text("\n".join(lines_i) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A run with a cache of 300 synthetic faces, a 2-epoch model and its latents (a few seconds on CPU)."""
+    from engine.encode import encode
+    from engine.imagecache import prepare
+    from engine.model import ModelConfig
+    from engine.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("trained_run")
+    prepare("synthetic:300", run, size=64, workers=1, progress=False)
+    train(run, TrainConfig(epochs=2, batch_size=32, device="cpu"), ModelConfig(size=64, z_dim=32), progress=False)
+    encode(run, device="cpu", progress=False)
+    return run
