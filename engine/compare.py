@@ -43,7 +43,7 @@ from engine.judge import DEFAULT, calibration, detect, sharpness, wilson_interva
 from engine.knn import build_index, knn
 from engine.plots import plt
 from engine.sampling import SAMPLERS, Sampler, SamplerConfig
-from engine.sources import TEST, TRAIN
+from engine.sources import TRAIN
 from engine.store import open_latents
 
 logger = logging.getLogger(__name__)
