@@ -1,72 +1,188 @@
-"""``zspace run``: every stage in order, each skipped when its output is already complete.
+"""``zspace run``: every stage in order, each skipped when it finished with the same inputs.
 
-Stages so far: prepare -> train -> encode -> stats. Each stage is itself resumable and
-idempotent (the cache by its fingerprint, training by its last checkpoint, the
-latents by the checkpoint's hash), so rerunning after an interruption picks up
-where it stopped.
+Stages: prepare -> train -> encode -> stats -> structure -> tsne -> compare -> report.
+
+Each stage has a key: the hash of its own options and the key of the stage before
+it, so a changed option changes that stage's key and every later one. After a
+stage finishes, its key goes into ``RUN/pipeline.json``. On the next run a stage
+whose key is recorded and whose output is there is skipped; one whose key
+changed runs again from scratch (the cache and the model are rebuilt, not
+resumed); one that started with the same key but never finished (interrupted) runs
+again and, where the stage can (prepare, train, encode), resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-
-from engine.encode import encode
-from engine.imagecache import prepare
-from engine.model import ModelConfig
-from engine.stats import compute_stats
-from engine.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "synthetic:10000"
+STAGES = ("prepare", "train", "encode", "stats", "structure", "tsne", "compare", "report")
+STATE_FILE = "pipeline.json"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Profile:
     source: str = DEFAULT_SOURCE  # built-in synthetic faces: no download on a fresh machine
     size: int = 96  # the study's image side
     z_dim: int = 256  # the study's latent dimension
     epochs: int = 24  # the study's training length
     batch_size: int = 64
+    k: int = 16  # neighbours per point in structure
+    tsne_n: int = 20000  # points in the t-SNE map, as in the study
+    compare_n: int = 1000  # z-points per sampler in compare
+    seed: int = 0
 
 
 PROFILES = {
     "study": Profile(),
-    # finishes in a few minutes on a 2-core CPU and still produces every output
-    "quick": Profile(source="synthetic:3000", epochs=4),
+    # every stage and every figure, a few minutes on a 2-core CPU
+    "quick": Profile(source="synthetic:3000", epochs=4, tsne_n=3000, compare_n=300),
 }
+
+# where a finished stage leaves its main output (a stage whose output is gone runs again)
+OUTPUTS = {
+    "prepare": "images.zarr/zarr.json", "train": "checkpoints/last.pt", "encode": "latents.zarr/zarr.json",
+    "stats": "stats/stats.json", "structure": "structure/structure.json", "tsne": "tsne/tsne.json",
+    "compare": "generate/compare.json", "report": "report/index.html",
+}
+
+
+def stage_options(p: Profile) -> dict[str, dict]:
+    """The options each stage's result depends on (the device is not one of them)."""
+    return {
+        "prepare": {"source": p.source, "size": p.size},
+        "train": {"epochs": p.epochs, "batch_size": p.batch_size, "z_dim": p.z_dim, "seed": p.seed},
+        "encode": {},
+        "stats": {},
+        "structure": {"k": p.k, "seed": p.seed},
+        "tsne": {"n": p.tsne_n, "seed": p.seed},
+        "compare": {"n": p.compare_n, "seed": p.seed},
+        "report": {},
+    }
+
+
+def stage_keys(p: Profile) -> dict[str, str]:
+    keys, prev = {}, ""
+    for name, opts in stage_options(p).items():
+        prev = hashlib.sha256((prev + name + json.dumps(opts, sort_keys=True)).encode()).hexdigest()[:16]
+        keys[name] = prev
+    return keys
+
+
+def _load_state(run: Path) -> dict:
+    path = run / STATE_FILE
+    if not path.exists():
+        return {"stages": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        logger.warning("%s is unreadable; every stage will be checked again", path)
+        return {"stages": {}}
+
+
+def _save_state(run: Path, state: dict) -> None:
+    tmp = run / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, run / STATE_FILE)  # atomic: an interrupt never leaves half a file
+
+
+def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, progress: bool):
+    if name == "prepare":
+        from engine.imagecache import prepare
+
+        return prepare(p.source, run, size=p.size, overwrite=fresh, progress=progress)
+    if name == "train":
+        from engine.model import ModelConfig
+        from engine.train import TrainConfig, train
+
+        cfg = TrainConfig(epochs=p.epochs, batch_size=p.batch_size, device=device, seed=p.seed)
+        return train(run, cfg, ModelConfig(size=p.size, z_dim=p.z_dim), resume=not fresh, overwrite=fresh,
+                     progress=progress)
+    if name == "encode":
+        from engine.encode import encode
+
+        return encode(run, device=device, progress=progress)
+    if name == "stats":
+        from engine.stats import compute_stats
+
+        return compute_stats(run, progress=progress)
+    if name == "structure":
+        from engine.structure import StructureConfig, compute_structure
+
+        return compute_structure(run, StructureConfig(k=p.k, seed=p.seed), progress=progress)
+    if name == "tsne":
+        from engine.tsne import TSNEConfig, compute_tsne
+
+        return compute_tsne(run, TSNEConfig(n=p.tsne_n, seed=p.seed), progress=progress)
+    if name == "compare":
+        from engine.compare import compare
+
+        return compare(run, n=p.compare_n, seed=p.seed, device=device, progress=progress)
+    if name == "report":
+        from engine.report import write_report
+
+        return write_report(run)
+    raise ValueError(f"unknown stage {name!r}")
+
+
+def profile_for(quick: bool = False, **overrides) -> Profile:
+    """The study's or the quick profile with ``overrides`` (None values ignored)."""
+    base = PROFILES["quick" if quick else "study"]
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def run(
     run_dir: str | os.PathLike,
     source: str | None = None,
     quick: bool = False,
-    epochs: int | None = None,
     device: str = "auto",
     progress: bool = True,
+    until: str | None = None,
+    **overrides,
 ) -> dict:
-    """Run every stage into ``run_dir``; returns {stage: seconds} plus where the outputs are."""
-    profile = PROFILES["quick" if quick else "study"]
-    source = source or profile.source
+    """Run every stage (up to ``until``) into ``run_dir``; returns timings and where the report is.
+
+    ``overrides``: any :class:`Profile` field (epochs, size, z_dim, batch_size, k,
+    tsne_n, compare_n, seed); None keeps the profile's value.
+    """
+    if until is not None and until not in STAGES:
+        raise ValueError(f"until must be one of {STAGES}, got {until!r}")
+    p = profile_for(quick, source=source, **overrides)
     run = Path(run_dir)
-    timings: dict[str, float] = {}
-
-    def stage(name, func, *args, **kwargs):
+    run.mkdir(parents=True, exist_ok=True)
+    keys = stage_keys(p)
+    options = stage_options(p)
+    state = _load_state(run)
+    done = state.setdefault("stages", {})
+    state["profile"] = asdict(p)
+    timings: dict[str, float | str] = {}
+    stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
+    for i, name in enumerate(stages, 1):
+        rec = done.get(name)
+        same = rec is not None and rec.get("key") == keys[name]
+        if same and rec.get("finished") and (run / OUTPUTS[name]).exists():
+            timings[name] = "skipped"
+            logger.info("[%d/%d] %-9s finished earlier with the same options: skipped", i, len(stages), name)
+            continue
+        fresh = rec is not None and not same  # started or finished with other options or inputs: start over
+        why = ("options or inputs changed: running again" if fresh else "resuming" if same else "running")
+        logger.info("[%d/%d] %-9s %s %s", i, len(stages), name, why, options[name] or "")
+        done[name] = {"key": keys[name], "options": options[name], "finished": None}
+        _save_state(run, state)
         t0 = time.perf_counter()
-        logger.info("== %s", name)
-        result = func(*args, **kwargs)
+        _stage_call(name, run, p, fresh, device, progress)
         timings[name] = round(time.perf_counter() - t0, 2)
-        logger.info("== %s done in %.1f s", name, timings[name])
-        return result
-
-    stage("prepare", prepare, source, run, size=profile.size, progress=progress)
-    cfg = TrainConfig(epochs=epochs or profile.epochs, batch_size=profile.batch_size, device=device)
-    stage("train", train, run, cfg, ModelConfig(size=profile.size, z_dim=profile.z_dim), resume=True, progress=progress)
-    stage("encode", encode, run, device=device, progress=progress)
-    stage("stats", compute_stats, run, progress=progress)
-    return {"run": str(run), "seconds": timings, "latents": str(run / "latents.zarr"),
-            "figures": [str(run / "train"), str(run / "stats")]}
+        done[name] = {"key": keys[name], "options": options[name], "seconds": timings[name],
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        _save_state(run, state)
+        logger.info("[%d/%d] %-9s done in %.1f s", i, len(stages), name, timings[name])
+    report = run / "report" / "index.html"
+    return {"run": str(run), "seconds": timings, "report": str(report) if report.exists() else None}
