@@ -54,11 +54,32 @@ def cmd_encode(args) -> dict:
     return {k: attrs[k] for k in ("n", "z_dim", "checkpoint", "checkpoint_sha256", "seconds", "images_per_second") if k in attrs}
 
 
-def cmd_run(args) -> dict:
+def cmd_run(args) -> None:
     from engine.pipeline import run
 
-    return run(args.run, source=args.source, quick=args.quick, epochs=args.epochs, device=args.device,
-               progress=not args.quiet)
+    res = run(args.run, source=args.source, quick=args.quick, device=args.device, progress=not args.quiet,
+              until=args.until, epochs=args.epochs, size=args.size, z_dim=args.z_dim, batch_size=args.batch_size,
+              k=args.k, tsne_n=args.tsne_n, compare_n=args.compare_n, seed=args.seed)
+    print(f"\nzspace run --run {args.run}")
+    for stage, secs in res["seconds"].items():
+        print(f"  {stage:<10} {secs if isinstance(secs, str) else f'{secs:8.1f} s'}")
+    if res["report"]:
+        print(f"report: {res['report']}  (open it in a browser; the folder {Path(res['report']).parent} is self-contained)")
+
+
+def cmd_report(args) -> dict:
+    from engine.report import write_report
+
+    return write_report(args.run)
+
+
+def cmd_bench(args) -> dict:
+    from bench.harness import run_bench
+
+    kwargs = {"out_dir": Path(args.out)} if args.out else {}
+    res = run_bench(small=args.small, only=args.only.split(",") if args.only else None, data=args.data,
+                    threads=args.threads, **kwargs)
+    return {"rows": len(res["rows"]), "machine": res["machine"]["cpu"], "threads": res["threads"]}
 
 
 def cmd_import_latents(args) -> dict:
@@ -144,6 +165,8 @@ def cmd_judge(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.pipeline import STAGES  # no heavy imports: the parser stays fast
+
     p = argparse.ArgumentParser(
         prog="zspace",
         description="Train a convolutional autoencoder on face images and study its latent cloud.",
@@ -235,12 +258,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--size", type=_positive_int, default=96, help="images are judged at this side (default 96)")
     sp.set_defaults(func=cmd_judge)
 
-    sp = verb("run", cmd_run, "the main job: every stage in order, skipping finished ones")
+    sp = verb("run", cmd_run, "the main job: prepare, train, encode, stats, structure, tsne, compare, report; "
+                              "finished stages are skipped, changed ones rerun")
     sp.add_argument("source", metavar="SOURCE", nargs="?", default=None,
                     help="as for prepare (default: the built-in synthetic:10000, or synthetic:3000 with --quick)")
-    sp.add_argument("--quick", action="store_true", help="small profile: minutes on a laptop CPU")
-    sp.add_argument("--epochs", type=_positive_int, default=None, help="override the profile's epochs")
+    sp.add_argument("--quick", action="store_true", help="small profile: every figure in a few minutes on a laptop CPU")
+    sp.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
+    sp.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (study 24, quick 4)")
+    sp.add_argument("--size", type=_positive_int, default=None, help="image side, multiple of 16 (default 96)")
+    sp.add_argument("--z-dim", type=_positive_int, default=None, help="latent dimension (default 256)")
+    sp.add_argument("--batch-size", type=_positive_int, default=None, help="training batch (default 64)")
+    sp.add_argument("--k", type=_positive_int, default=None, help="neighbours per point in structure (default 16)")
+    sp.add_argument("--tsne-n", type=_positive_int, default=None, help="points in the t-SNE map (study 20,000, quick 3,000)")
+    sp.add_argument("--compare-n", type=_positive_int, default=None, help="z-points per sampler (study 1,000, quick 300)")
+    sp.add_argument("--seed", type=int, default=None, help="seed of every stage (default 0)")
     sp.add_argument("--device", default="auto")
+
+    sp = verb("report", cmd_report, "one static page of every figure and number -> RUN/report/index.html, report.md")
+
+    sp = sub.add_parser("bench", help="time every stage against its baseline -> bench/results.json, RESULTS.md",
+                        description="time every stage against the baseline a user would otherwise write")
+    sp.add_argument("--small", action="store_true", help="small sizes for CI (under 3 minutes); writes bench/small/")
+    sp.add_argument("--only", default=None, metavar="STAGE,...", help="run these stages only (others keep their rows)")
+    sp.add_argument("--data", default=None, help="CelebA root or image folder (default: ../shared/data/celeba-subset "
+                                                 "when present, else generated JPEGs)")
+    sp.add_argument("--threads", type=_positive_int, default=None, help="threads to pin (default: all cores)")
+    sp.add_argument("--out", default=None, metavar="DIR", help="where results.json and RESULTS.md go")
+    sp.set_defaults(func=cmd_bench)
     return p
 
 

@@ -133,7 +133,9 @@ def _shape(run: Path, st: dict | None) -> Section:
                f"Pearson r of every pair. Mean |r| {c['mean_abs_r']:.3f}, max |r| {c['max_abs_r']:.3f}"
                + (f" (components {top['i']} and {top['j']})." if top else ".")),
         Figure(d / "pairs.png", "The most correlated pairs",
-               "Joint number density of the most strongly correlated component pairs.", wide=True),
+               f"Joint number density of the {st['config']['pair_plots']} most strongly correlated component pairs: "
+               + ", ".join(f"z[{p['i']}] and z[{p['j']}] r = {p['r']:.2f}" for p in c["top_pairs"][: st["config"]["pair_plots"]])
+               + ".", wide=True),
         Figure(d / "scree.png", "PCA: variance per principal axis",
                f"{pca['n_components_50']} axes hold 50% of the variance, {pca['n_components_90']} hold 90%, "
                f"{pca['n_components_99']} hold 99%; PC1 alone {pca['explained_variance_ratio'][0]:.1%}."),

@@ -62,3 +62,16 @@ def trained_run(tmp_path_factory) -> Path:
     train(run, TrainConfig(epochs=2, batch_size=32, device="cpu"), ModelConfig(size=64, z_dim=32), progress=False)
     encode(run, device="cpu", progress=False)
     return run
+
+
+TINY = dict(source="synthetic:240", size=32, z_dim=16, epochs=1, batch_size=32, k=8, tsne_n=200, compare_n=40)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """``zspace run`` through every stage, report included, on 240 synthetic 32 px faces (under a minute on CPU)."""
+    from engine.pipeline import run
+
+    path = tmp_path_factory.mktemp("finished_run")
+    run(path, quick=True, device="cpu", progress=False, **TINY)
+    return path

@@ -1,29 +1,80 @@
-"""zspace run: every stage in order, and a second run skips the finished ones."""
+"""zspace run: every stage in order; finished stages skipped, changed ones rerun, interrupted ones resumed."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
 
-from engine.pipeline import run
+import engine.compare
+from engine.pipeline import OUTPUTS, STAGES, run, stage_keys, profile_for
 from engine.store import open_latents
 from engine.train import load_checkpoint
+from tests.conftest import TINY
 
 
-def test_run_end_to_end_then_skip(tmp_path, caplog):
-    out = run(tmp_path, source="synthetic:120", epochs=1, device="cpu", progress=False)
-    assert set(out["seconds"]) == {"prepare", "train", "encode", "stats"}
-    z = open_latents(tmp_path)["z"][:]
-    assert z.shape == (120, 256) and np.isfinite(z).all()
-    stats = json.loads((tmp_path / "stats" / "stats.json").read_text())
-    assert stats["n"] == 120 and stats["pca"]["rank"] <= 119, "fewer points than dimensions: a rank-deficient cloud"
-    assert len(stats["figures"]) == 7
+def _state(path):
+    return json.loads((path / "pipeline.json").read_text())["stages"]
+
+
+def test_every_stage_runs_and_leaves_its_output(finished_run):
+    state = _state(finished_run)
+    assert list(state) == list(STAGES)
+    for name in STAGES:
+        assert state[name]["finished"] and (finished_run / OUTPUTS[name]).exists(), name
+    z = open_latents(finished_run)["z"][:]
+    assert z.shape == (240, 16) and np.isfinite(z).all()
+    compare = json.loads((finished_run / "generate" / "compare.json").read_text())
+    assert compare["n"] == 40 and len(compare["samplers"]) == 8
+    assert json.loads((finished_run / "tsne" / "tsne.json").read_text())["n"] == 200
+    assert json.loads((finished_run / "structure" / "structure.json").read_text())["k"] == 8
+
+
+def test_a_changed_option_reruns_that_stage_and_the_later_ones_only():
+    base = stage_keys(profile_for(True, **TINY))
+    changed = stage_keys(profile_for(True, **{**TINY, "tsne_n": 150}))
+    same = [s for s in STAGES if base[s] == changed[s]]
+    assert same == ["prepare", "train", "encode", "stats", "structure"]
+    retrain = stage_keys(profile_for(True, **{**TINY, "epochs": 2}))
+    assert [s for s in STAGES if base[s] == retrain[s]] == ["prepare"]
+
+
+def test_skip_rerun_and_resume(tmp_path, caplog, monkeypatch):
+    opts = dict(quick=True, device="cpu", progress=False, **TINY)
+    run(tmp_path, until="stats", **opts)
     _, first = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    stats_before = (tmp_path / "stats" / "stats.json").stat().st_mtime_ns
+
+    # interrupted in compare: the earlier stages are recorded, compare is not
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.compare, "compare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, **opts)
+    state = _state(tmp_path)
+    assert state["tsne"]["finished"] and state["compare"]["finished"] is None
+    monkeypatch.undo()
 
     caplog.set_level("INFO")
-    run(tmp_path, source="synthetic:120", epochs=1, device="cpu", progress=False)
-    said = caplog.text
-    assert "images.zarr is complete" in said and "training already finished" in said and "nothing to do" in said
+    out = run(tmp_path, **opts)
+    assert out["seconds"]["prepare"] == out["seconds"]["stats"] == out["seconds"]["tsne"] == "skipped"
+    assert isinstance(out["seconds"]["compare"], float) and "compare   resuming" in caplog.text
+    assert (tmp_path / "stats" / "stats.json").stat().st_mtime_ns == stats_before, "stats was not recomputed"
     _, again = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert again["epoch"] == first["epoch"] == 1
+
+    # a changed training option retrains from scratch and redoes everything after it
+    out = run(tmp_path, **{**opts, "epochs": 2})
+    assert out["seconds"]["prepare"] == "skipped"
+    assert all(isinstance(out["seconds"][s], float) for s in STAGES[1:])
+    _, retrained = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert retrained["epoch"] == 2
+    assert open_latents(tmp_path).attrs["checkpoint_epoch"] == 2, "latents come from the new model"
+    assert out["report"] and (tmp_path / "report" / "index.html").exists()
+
+
+def test_run_rejects_unknown_stage(tmp_path):
+    with pytest.raises(ValueError, match="until must be one of"):
+        run(tmp_path, until="plot")

@@ -1,0 +1,94 @@
+"""The report page: every figure and table, captions with the measured numbers, opened in a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.report import write_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+requires_chromium = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="Debian chromium + chromium-driver not installed (.ci/run installs them: apt-get install chromium chromium-driver)")
+
+
+def _browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e '.[test]')")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,2000"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def test_report_files_and_numbers(finished_run):
+    page = (finished_run / "report" / "index.html").read_text()
+    md = (finished_run / "report" / "report.md").read_text()
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(srcs) >= 20, "training, stats, structure, t-SNE, compare grids and paths"
+    for src in srcs:
+        assert not src.startswith(("/", "http", "file:")) and ".." not in src, f"not a path inside the folder: {src}"
+        assert (finished_run / "report" / src).stat().st_size > 0
+    assert "http://" not in page and "https://" not in page and "<script" not in page, "no network, no script"
+    for question in ("What region of z-space do faces occupy?", "How is that region shaped?",
+                     "Is it one smooth cloud, or filaments and voids?", "Which z-points decode to faces?"):
+        assert question in page and question in md
+    stats = json.loads((finished_run / "stats" / "stats.json").read_text())
+    assert f"Peak {stats['radius']['peak']:.2f}" in page and f"{stats['radius']['expected']:.2f}" in page
+    compare = json.loads((finished_run / "generate" / "compare.json").read_text())
+    for name, m in compare["samplers"].items():
+        assert f"<td>{name}</td><td>{m['face_rate']:.3f}</td>" in page, name
+    structure = json.loads((finished_run / "structure" / "structure.json").read_text())
+    assert page.count(">differs<") + page.count(">no difference<") == len(structure["statistics"])
+
+
+def test_report_of_a_partial_run_names_the_missing_stages(tmp_path, finished_run):
+    for part in ("images.zarr", "latents.zarr", "train", "stats"):
+        src = finished_run / part
+        shutil.copytree(src, tmp_path / part)
+    res = write_report(tmp_path)
+    assert res["missing_figures"] == []
+    assert any("zspace structure" in c for c in res["missing_stages"])
+    assert any("zspace compare" in c for c in res["missing_stages"])
+    assert "Not run yet" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_report_on_a_missing_run_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_report(tmp_path / "nope")
+
+
+@requires_chromium
+def test_report_opens_in_headless_chromium_with_every_image_loaded(finished_run, tmp_path):
+    # moved away from the run: the report folder alone must be complete
+    folder = shutil.copytree(finished_run / "report", tmp_path / "sent" / "report")
+    driver = _browser()
+    try:
+        driver.get(Path(folder / "index.html").resolve().as_uri())
+        driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+        assert len(images) >= 20
+        broken = [src for src, complete, width in images if not (complete and width > 0)]
+        assert broken == [], f"images that did not load: {broken}"
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+        assert driver.title.startswith("zspace report")
+        sections = driver.find_elements("css selector", "section h2")
+        assert len(sections) == 5
+        # captions carry numbers: each figure's caption has at least one digit
+        captions = [c.text for c in driver.find_elements("css selector", "figcaption")]
+        assert len(captions) == len(images) and all(re.search(r"\d", c) for c in captions)
+    finally:
+        driver.quit()
