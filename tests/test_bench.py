@@ -1,0 +1,73 @@
+"""`bench --small`: one results file with every stage, finite ratios and peak memory for every row."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench.harness import STAGES, main, run_bench
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-small")
+    result = run_bench(small=True, out_dir=out)
+    return out, result
+
+
+def test_results_file_has_every_stage(small):
+    out, result = small
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["small"] is True
+    groups = {r["group"] for r in saved["rows"]}
+    assert groups == set(STAGES), f"stages without a row: {set(STAGES) - groups}"
+    assert len(saved["rows"]) == len(result["rows"])
+
+
+def test_every_row_is_finite(small):
+    out, _ = small
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    for r in rows:
+        assert isinstance(r["ours_s"], float) and math.isfinite(r["ours_s"]) and r["ours_s"] > 0, r
+        assert isinstance(r["peak_mb"], (int, float)) and math.isfinite(r["peak_mb"]) and r["peak_mb"] >= 0, r
+        if r["baseline"] != "-":
+            assert r["baseline_s"] is not None and math.isfinite(r["baseline_s"]) and r["baseline_s"] > 0, r
+            assert r["ratio"] is not None and math.isfinite(r["ratio"]) and r["ratio"] > 0, r
+        else:  # the end-to-end rows have no baseline, and say so
+            assert r["group"] in ("stats", "structure"), r
+            assert r["baseline_s"] is None and r["ratio"] is None, r
+
+
+def test_encode_sides_agree(small):
+    """Both sides of the encode row ran the same images through the same weights."""
+    _, result = small
+    (row,) = [r for r in result["rows"] if r["stage"] == "encode"]
+    assert row["extra"]["max_abs_dz"] < 1e-3
+
+
+def test_results_md_and_machine(small):
+    out, result = small
+    md = (out / "RESULTS.md").read_text()
+    info = result["machine"]
+    table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| stage |")]
+    assert len(table) == len(result["rows"])
+    for r in result["rows"]:
+        assert any(line.startswith(f"| {r['stage']} | {r['size']} |") for line in table), r["stage"]
+    assert info["cpu"] and info["cpu"] in md
+    assert "peak MB" in md and "fresh process" in md  # the column is defined above the table
+    assert isinstance(info["cores"], int) and info["cores"] >= 1
+    for pkg in ("numpy", "torch", "numba", "zarr"):
+        assert info["versions"].get(pkg), pkg
+        assert f"{pkg} {info['versions'][pkg]}" in md
+    assert result["threads"] >= 1 and result["thread_pins"]["torch"] == result["threads"]
+
+
+def test_unknown_stage_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown bench stages"):
+        run_bench(small=True, only=["prepare", "no_such_stage"], out_dir=tmp_path)
+    assert not (tmp_path / "results.json").exists()
+    with pytest.raises(SystemExit) as e:  # the CLI says so in one line, exit status 2
+        main(["--small", "--only", "no_such_stage", "--out", str(tmp_path)])
+    assert e.value.code == 2
