@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("faiss", "openTSNE", "numba", "matplotlib", "PIL"):  # their INFO lines say nothing to a user
+        logging.getLogger(noisy).setLevel(level if args.verbose else max(level, logging.WARNING))
     try:
         result = args.func(args)
     except (ValueError, FileNotFoundError) as exc:
