@@ -18,6 +18,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _index_pair(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two integers separated by a comma, like 3,7; got {text!r}") from None
+    return a, b
+
+
 def _widths(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(w) for w in text.split(","))
@@ -144,7 +152,7 @@ def cmd_paths(args) -> dict:
     if between is not None and len(between) != 2:
         raise ValueError(f"--between takes two image ids separated by a comma, got {args.between!r}")
     return run_paths(args.run, angle=args.angle, length=args.length, steps=args.steps, between=between,
-                     extend=args.extend, device=args.device)
+                     extend=args.extend, device=args.device, axes=args.axes, pcs=args.pcs)
 
 
 def cmd_compare(args) -> dict:
@@ -245,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=_positive_int, default=9, help="points per segment (odd: the centre is one)")
     sp.add_argument("--between", default=None, metavar="ID_A,ID_B", help="also interpolate between two images' latents")
     sp.add_argument("--extend", type=float, default=0.5, help="extend the interpolation beyond both ends")
+    sp.add_argument("--axes", type=_index_pair, action="append", metavar="I,J",
+                    help="a segment in the plane of components I and J (0-based; repeatable; "
+                         "default: the two most dominant components)")
+    sp.add_argument("--pcs", type=_index_pair, action="append", metavar="P,Q",
+                    help="a segment in the plane of principal axes P and Q (1-based, PC1 first; repeatable; default 1,2)")
     sp.add_argument("--device", default="auto")
 
     sp = verb("compare", cmd_compare, "every sampler and path family decoded and judged -> RUN/generate/compare.json, .md, .png")

@@ -88,8 +88,13 @@ def draw_path(path: Path, title: str, cloud: np.ndarray, mean: np.ndarray, point
 
 def run_paths(run_dir: str | os.PathLike, n_points: int = 5000, angle: float = 0.0, length: float = 4.0,
               steps: int = 9, between: tuple[str, str] | None = None, extend: float = 0.5,
-              device: str = "auto", seed: int = 0) -> dict:
-    """The default path families of the study; writes RUN/generate/paths/ (figures, z and images)."""
+              device: str = "auto", seed: int = 0, axes: list[tuple[int, int]] | None = None,
+              pcs: list[tuple[int, int]] | None = None) -> dict:
+    """The path families of the study; writes RUN/generate/paths/ (figures, z and images).
+
+    axes: coordinate planes (i, j), 0-based component indices; default the plane of the two
+    most dominant components. pcs: principal planes (p, q), 1-based as in "PC1"; default (1, 2).
+    """
     from engine.generate import decode, load_z
     from engine.planes import dominant_components
     from engine.store import open_latents
@@ -102,8 +107,16 @@ def run_paths(run_dir: str | os.PathLike, n_points: int = 5000, angle: float = 0
     vec = vec[:, np.argsort(w)[::-1]]
     rng = np.random.default_rng(seed)
     cloud = z[rng.choice(len(z), size=min(n_points, len(z)), replace=False)].astype(np.float64)
-    eye = np.eye(z.shape[1])
-    dom = dominant_components(run, z)
+    d = z.shape[1]
+    eye = np.eye(d)
+    if axes is None:
+        axes = [tuple(dominant_components(run, z)[:2])]
+    pcs = [(1, 2)] if pcs is None else pcs
+    for name, planes, lo in (("axes", axes, 0), ("pcs", pcs, 1)):
+        for a, b in planes:
+            if a == b or not (lo <= a < d + lo and lo <= b < d + lo):
+                raise ValueError(f"{name} plane ({a}, {b}): two different indices in {lo}..{d - 1 + lo} are needed "
+                                 f"(the latents have {d} components)")
     out = run / "generate" / "paths"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -111,10 +124,9 @@ def run_paths(run_dir: str | os.PathLike, n_points: int = 5000, angle: float = 0
     pts = origin_to_centre(mean, 6)
     u, v = path_plane(pts, mean, vec[:, 0])
     paths.append(("origin_to_centre", "Origin to the centre of the cloud", pts, u, v, ("along the path", "PC1 (orthogonal part)")))
-    for name, (a, b), basis, lab in (
-        ("pca_plane_1_2", (0, 1), vec, ("PC1", "PC2")),
-        (f"axes_{dom[0]}_{dom[1]}", tuple(dom[:2]), eye, (f"z[{dom[0]}]", f"z[{dom[1]}]")),
-    ):
+    planes = [(f"pca_plane_{p}_{q}", (p - 1, q - 1), vec, (f"PC{p}", f"PC{q}")) for p, q in pcs]
+    planes += [(f"axes_{i}_{j}", (i, j), eye, (f"z[{i}]", f"z[{j}]")) for i, j in axes]
+    for name, (a, b), basis, lab in planes:
         pts, _ = plane_segment(mean, cov, basis[:, a], basis[:, b], angle, length, steps)
         paths.append((name, f"Segment through the centre in the {lab[0]} x {lab[1]} plane, angle {angle:g} deg, "
                             f"length {length:g} spreads", pts, basis[:, a], basis[:, b], lab))

@@ -101,6 +101,16 @@ def _region(run: Path, st: dict | None) -> Section:
     r = st["radius"]
     dom = st["dominant"]
     s.intro = f"{st['n']:,} latent vectors in {st['d']} dimensions."
+    comps = {c["index"]: c for c in st["components"]}
+    rule = st["dominant_rule"]
+    if dom:
+        s.tables.append((f"Dominant components: centre farther than {rule['centre_threshold']:.2f} from the median "
+                         f"centre {rule['median_mean']:.3f}, or sigma wider than the median {rule['median_std']:.3f} "
+                         f"by more than {rule['width_threshold']:.2f}.",
+                         ["component", "mean", "sigma", "fit centre", "fit sigma", "FWHM", "fit R^2", "min", "max"],
+                         [[str(i), f"{c['mean']:.3f}", f"{c['std']:.3f}", f"{c['fit_center']:.3f}", f"{c['fit_sigma']:.3f}",
+                           f"{c['fwhm']:.3f}", f"{c['fit_r2']:.3f}", f"{c['min']:.2f}", f"{c['max']:.2f}"]
+                          for i in dom for c in [comps[i]]]))
     d = run / "stats"
     s.figures += [
         Figure(d / "density_all.png", "Number density of every component",
@@ -214,12 +224,18 @@ def _faces(run: Path) -> Section:
     s.figures.append(Figure(g / "compare.png", "Face rate per sampler",
                             f"Highest: {best} {sm[best]['face_rate']:.2f}; lowest: {worst} {sm[worst]['face_rate']:.2f}. "
                             f"Real test images {cal['real']['rate']:.2f}, noise {cal['noise']['rate']:.2f}.", wide=True))
+    paths = cj.get("paths", {})
+    if paths:
+        s.tables.append(("Paths: X marks a decoded point in which the judge finds a face, . one without, in path order.",
+                         ["path", "points", "face rate", "along the path", "consistency", "NN-distance ratio"],
+                         [[k.replace("_", " "), str(m["n"]), f"{m['face_rate']:.2f}", m["along"], f"{m['consistency']:.3f}",
+                           f"{m['nn_distance_ratio']:.2f}"] for k, m in paths.items()]))
     for k, m in sm.items():
         s.figures.append(Figure(g / k / "grid.png", f"Sampler: {k}",
                                 f"The first 64 of {m['n']} decoded z-points. Face rate {m['face_rate']:.2f} "
                                 f"({m['face_rate_ci'][0]:.2f}-{m['face_rate_ci'][1]:.2f}); radius ratio "
                                 f"{m.get('radius_ratio', float('nan')):.2f}."))
-    for k, m in cj.get("paths", {}).items():
+    for k, m in paths.items():
         s.figures.append(Figure(g / m["figure"], f"Path: {k.replace('_', ' ')}",
                                 f"{m['title']}. Face found at {m['face_count']} of {m['n']} points "
                                 f"(along the path: {m['along']}).", wide=True))

@@ -52,3 +52,39 @@ def test_interpolation_extends_beyond_both_ends():
     np.testing.assert_allclose(p[0], [-1, -1])
     np.testing.assert_allclose(p[-1], [3, 3])
     np.testing.assert_allclose(p[2], [1, 1])
+
+
+def test_paths_in_chosen_planes_pass_through_the_centre(trained_run, tmp_path):
+    import shutil
+
+    import zarr
+
+    from engine.paths import run_paths
+
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    res = run_paths(run, angle=30.0, steps=7, axes=[(3, 7)], pcs=[(2, 5)], device="cpu")
+    assert [p["path"] for p in res["paths"]] == ["origin_to_centre", "pca_plane_2_5", "axes_3_7"]
+    z = zarr.open_group(str(run / "latents.zarr"), mode="r")["z"][:].astype(np.float64)
+    mean = z.mean(0)
+    w, vec = np.linalg.eigh(np.cov(z, rowvar=False))
+    vec = vec[:, np.argsort(w)[::-1]]
+    for name, (a, b) in (("axes_3_7", (np.eye(z.shape[1])[3], np.eye(z.shape[1])[7])),
+                         ("pca_plane_2_5", (vec[:, 1], vec[:, 4]))):
+        pts = np.load(run / "generate" / "paths" / f"{name}_z.npy").astype(np.float64)
+        assert pts.shape == (7, z.shape[1])
+        np.testing.assert_allclose(pts[3], mean, atol=1e-4)  # the middle point is the centre (float32 on disk)
+        rel = pts - mean
+        inplane = np.outer(rel @ a, a) + np.outer(rel @ b, b)
+        np.testing.assert_allclose(rel, inplane, atol=1e-4)  # nothing outside the plane
+        d = rel[-1] - rel[0]
+        assert np.degrees(np.arctan2(d @ b, d @ a)) == pytest.approx(30.0, abs=1e-3)
+        assert np.load(run / "generate" / "paths" / f"{name}_images.npy").shape[0] == 7
+        assert (run / "generate" / "paths" / f"{name}.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kw", [dict(axes=[(3, 3)]), dict(axes=[(0, 32)]), dict(pcs=[(0, 1)])])
+def test_paths_reject_planes_that_do_not_exist(trained_run, kw):
+    from engine.paths import run_paths
+
+    with pytest.raises(ValueError, match="two different indices"):
+        run_paths(trained_run, device="cpu", **kw)

@@ -46,7 +46,14 @@ def test_report_files_and_numbers(finished_run):
         assert question in page and question in md
     stats = json.loads((finished_run / "stats" / "stats.json").read_text())
     assert f"Peak {stats['radius']['peak']:.2f}" in page and f"{stats['radius']['expected']:.2f}" in page
+    comps = {c["index"]: c for c in stats["components"]}
+    assert ("Dominant components:" in page) == bool(stats["dominant"])
+    for i in stats["dominant"]:  # the dominant-component table carries each one's fitted centre, sigma and FWHM
+        assert f"<tr><td>{i}</td><td>{comps[i]['mean']:.3f}</td><td>{comps[i]['std']:.3f}</td>" in page, i
+        assert f"<td>{comps[i]['fwhm']:.3f}</td>" in page
     compare = json.loads((finished_run / "generate" / "compare.json").read_text())
+    for name, m in compare["paths"].items():
+        assert f"<td>{name.replace('_', ' ')}</td><td>{m['n']}</td>" in page and f"<td>{m['along']}</td>" in page, name
     for name, m in compare["samplers"].items():
         assert f"<td>{name}</td><td>{m['face_rate']:.3f}</td>" in page, name
     structure = json.loads((finished_run / "structure" / "structure.json").read_text())
@@ -62,6 +69,28 @@ def test_report_of_a_partial_run_names_the_missing_stages(tmp_path, finished_run
     assert any("zspace structure" in c for c in res["missing_stages"])
     assert any("zspace compare" in c for c in res["missing_stages"])
     assert "Not run yet" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_report_tables_the_planted_dominant_components(tmp_path):
+    import numpy as np
+
+    from engine.latents import import_latents
+    from engine.stats import compute_stats
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4000, 24)).astype(np.float32)
+    z[:, 5] *= 3.0  # planted: one wide component
+    z[:, 11] += 4.0  # and one off-centre
+    np.save(tmp_path / "z.npy", z)
+    import_latents(tmp_path / "z.npy", tmp_path, progress=False)
+    compute_stats(tmp_path, progress=False)
+    write_report(tmp_path)
+    page = (tmp_path / "report" / "index.html").read_text()
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(-?[\d.]+)</td><td>([\d.]+)</td>", page)
+    assert [r[0] for r in rows] == ["5", "11"]
+    assert float(rows[0][2]) == pytest.approx(z[:, 5].std(), abs=2e-3)
+    assert float(rows[1][1]) == pytest.approx(z[:, 11].mean(), abs=2e-3)
+    assert "Not run yet: <code>zspace train" in page and "Not run yet: <code>zspace compare" in page
 
 
 def test_report_on_a_missing_run_is_a_clear_error(tmp_path):
