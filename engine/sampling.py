@@ -79,6 +79,9 @@ class Sampler:
             fit = z if n <= cfg.gmm_fit_points else z[rng.choice(n, cfg.gmm_fit_points, replace=False)]
             self.gmm_ = GaussianMixture(cfg.gmm_components, covariance_type="full", random_state=self.seed,
                                         reg_covar=1e-4).fit(fit)
+            # sampled here by Cholesky factors: sklearn's sample() goes through rng.multivariate_normal,
+            # which warns on round-off-level asymmetry of the fitted covariances
+            self.gmm_chol_ = np.linalg.cholesky(self.gmm_.covariances_)
         elif self.name == "data":
             rows = np.arange(n) if test_rows is None or len(test_rows) == 0 else np.asarray(test_rows)
             self.pool_ = z[rows]
@@ -109,9 +112,12 @@ class Sampler:
             g = np.concatenate(kept)[:n]
             out = self.mean_ + g @ self.root_.T
         elif self.name == "gmm":
-            self.gmm_.random_state = int(rng.integers(2**31))
-            out, _ = self.gmm_.sample(n)
-            out = out[rng.permutation(n)]  # sklearn returns samples grouped by component
+            w = self.gmm_.weights_
+            comp = rng.choice(len(w), size=n, p=w / w.sum())
+            out = rng.standard_normal((n, d))
+            for k in range(len(w)):
+                rows = comp == k
+                out[rows] = self.gmm_.means_[k] + out[rows] @ self.gmm_chol_[k].T
         elif self.name == "origin":
             out = np.zeros((n, d))
             if n > 1:

@@ -67,6 +67,15 @@ def test_gmm_reproduces_a_mixture():
     assert abs(x[x[:, 0] < 0].mean(0) - centres[0]).max() < 0.1
 
 
+def test_gmm_components_keep_their_covariance():
+    rng = np.random.default_rng(4)
+    mix = np.eye(D) + 0.6 * np.triu(rng.normal(size=(D, D)), 1)  # a correlated first component
+    z = np.concatenate([rng.normal(size=(6000, D)) @ mix - 8.0, rng.normal(size=(2000, D)) + 8.0]).astype(np.float32)
+    x = Sampler("gmm", SamplerConfig(gmm_components=2), seed=1).fit(z).sample(12000)
+    first = x[x.mean(1) < 0]
+    np.testing.assert_allclose(np.cov(first, rowvar=False), mix.T @ mix, atol=0.15 * np.abs(mix.T @ mix).max())
+
+
 def test_origin_and_data(planted):
     z, *_ = planted
     o = draw("origin", z, n=7, origin_radii=(0.5, 1.0, 2.0))
