@@ -95,7 +95,7 @@ def run_paths(run_dir: str | os.PathLike, n_points: int = 5000, angle: float = 0
     axes: coordinate planes (i, j), 0-based component indices; default the plane of the two
     most dominant components. pcs: principal planes (p, q), 1-based as in "PC1"; default (1, 2).
     """
-    from engine.generate import decode, load_z
+    from engine.generate import decode_with, load_model, load_z
     from engine.planes import dominant_components
     from engine.store import open_latents
 
@@ -142,8 +142,9 @@ def run_paths(run_dir: str | os.PathLike, n_points: int = 5000, angle: float = 0
                       ("along the path", "PC1 (orthogonal part)")))
 
     summary = []
+    model, dev, prec = load_model(run, device=device)  # once for every path
     for name, title, pts, u, v, lab in paths:
-        images = decode(run, pts.astype(np.float32), device=device)
+        images = decode_with(model, pts.astype(np.float32), dev, prec)
         draw_path(out / f"{name}.png", title, cloud, mean, pts, u, v, images, lab)
         np.save(out / f"{name}_z.npy", pts.astype(np.float32))
         np.save(out / f"{name}_images.npy", images)

@@ -101,9 +101,8 @@ def _region(run: Path, st: dict | None) -> Section:
     r = st["radius"]
     dom = st["dominant"]
     s.intro = f"{st['n']:,} latent vectors in {st['d']} dimensions."
-    comps = {c["index"]: c for c in st["components"]}
-    rule = st["dominant_rule"]
     if dom:
+        comps, rule = {c["index"]: c for c in st["components"]}, st["dominant_rule"]
         s.tables.append((f"Dominant components: centre farther than {rule['centre_threshold']:.2f} from the median "
                          f"centre {rule['median_mean']:.3f}, or sigma wider than the median {rule['median_std']:.3f} "
                          f"by more than {rule['width_threshold']:.2f}.",
