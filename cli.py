@@ -8,6 +8,14 @@ import logging
 import sys
 from pathlib import Path
 
+# light modules only (dataclasses, the stage table): `zspace --help` never imports torch
+from engine.analysis.config import StatsConfig, StructureConfig, TSNEConfig
+from engine.data.config import PrepareConfig
+from engine.generation.config import SAMPLERS, CompareConfig, GenerateConfig, PathsConfig
+from engine.model.config import LOSSES, EncodeConfig, ModelConfig, TrainConfig
+from engine.stages import STAGE_NAMES, STAGES
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -34,28 +42,27 @@ def _widths(text: str) -> tuple[int, ...]:
 
 
 def cmd_prepare(args) -> dict:
-    from engine.imagecache import prepare
+    from engine.data.imagecache import prepare
 
     return prepare(args.source, args.run, size=args.size, limit=args.limit, workers=args.workers,
                    overwrite=args.overwrite, progress=not args.quiet)
 
 
 def cmd_train(args) -> dict:
-    from engine.imagecache import open_cache
-    from engine.model import ModelConfig
-    from engine.train import TrainConfig, train
+    from engine.data.imagecache import open_cache
+    from engine.model.train import train
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
                       precision=args.precision, device=args.device, seed=args.seed)
     model_cfg = None
     if args.z_dim is not None or args.widths is not None or not args.resume:
         size = int(open_cache(args.run).attrs["size"])
-        model_cfg = ModelConfig(size=size, z_dim=args.z_dim or 256, widths=args.widths or (32, 64, 64, 64))
+        model_cfg = ModelConfig(size=size, z_dim=args.z_dim or ModelConfig.z_dim, widths=args.widths or ModelConfig().widths)
     return train(args.run, cfg, model_cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
 
 
 def cmd_encode(args) -> dict:
-    from engine.encode import encode
+    from engine.model.encode import encode
 
     attrs = encode(args.run, checkpoint=args.checkpoint, batch_size=args.batch_size, device=args.device,
                    precision=args.precision, progress=not args.quiet)
@@ -76,7 +83,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_report(args) -> dict:
-    from engine.report import write_report
+    from engine.report.page import write_report
 
     return write_report(args.run)
 
@@ -91,7 +98,7 @@ def cmd_bench(args) -> dict:
 
 
 def cmd_import_latents(args) -> dict:
-    from engine.latents import import_latents
+    from engine.latents.importer import import_latents
 
     attrs = import_latents(args.file, args.run, drop_nonfinite=args.drop_nonfinite, overwrite=args.overwrite,
                            progress=not args.quiet)
@@ -99,11 +106,11 @@ def cmd_import_latents(args) -> dict:
 
 
 def cmd_stats(args) -> dict:
-    from engine.stats import StatsConfig, compute_stats
+    from engine.analysis.stats import compute_stats
 
     res = compute_stats(args.run, StatsConfig(bin_width=args.bin_width, write_pca=not args.no_pca), progress=not args.quiet)
     return {
-        "stats": str(Path(args.run) / "stats" / "stats.json"),
+        "stats": str(STAGES["stats"].output_path(args.run)),
         "n": res["n"], "d": res["d"], "dominant": res["dominant"],
         "radius": {k: round(res["radius"][k], 3) for k in ("peak", "mean", "expected", "sqrt_d")},
         "top_pairs": res["correlation"]["top_pairs"][:5],
@@ -116,12 +123,12 @@ def cmd_stats(args) -> dict:
 
 
 def cmd_structure(args) -> dict:
-    from engine.structure import StructureConfig, compute_structure
+    from engine.analysis.structure import compute_structure
 
     res = compute_structure(args.run, StructureConfig(k=args.k, index=args.index, sample=args.sample, seed=args.seed),
                             progress=not args.quiet)
     return {
-        "structure": str(Path(args.run) / "structure" / "structure.json"),
+        "structure": str(STAGES["structure"].output_path(args.run)),
         "n": res["n"], "k": res["k"], "index": res["index"], "recall_at_k": res["recall_at_k"],
         "verdicts": [s["verdict"] for s in res["statistics"].values()],
         "figures": res["figures"], "seconds": {k: round(v, 2) for k, v in res["seconds"].items()},
@@ -129,7 +136,7 @@ def cmd_structure(args) -> dict:
 
 
 def cmd_tsne(args) -> dict:
-    from engine.tsne import TSNEConfig, compute_tsne
+    from engine.analysis.tsne import compute_tsne
 
     cfg = TSNEConfig(n=args.n, pca=args.pca, perplexity=args.perplexity, early_exaggeration=args.early_exaggeration,
                      n_iter=args.n_iter, seed=args.seed, null=not args.no_null)
@@ -139,14 +146,14 @@ def cmd_tsne(args) -> dict:
 
 
 def cmd_generate(args) -> dict:
-    from engine.generate import generate
+    from engine.generation.generate import generate
 
     info = generate(args.run, args.sampler, n=args.n, seed=args.seed, device=args.device)
     return {**info, "grid": str(Path(args.run) / "generate" / args.sampler / "grid.png")}
 
 
 def cmd_paths(args) -> dict:
-    from engine.paths import run_paths
+    from engine.generation.paths import run_paths
 
     between = tuple(args.between.split(",")) if args.between else None
     if between is not None and len(between) != 2:
@@ -156,7 +163,7 @@ def cmd_paths(args) -> dict:
 
 
 def cmd_compare(args) -> dict:
-    from engine.compare import compare
+    from engine.generation.compare import compare
 
     res = compare(args.run, n=args.n, seed=args.seed, device=args.device, progress=not args.quiet)
     out = Path(args.run) / "generate"
@@ -167,14 +174,144 @@ def cmd_compare(args) -> dict:
 
 
 def cmd_judge(args) -> dict:
-    from engine.judge import judge_path
+    from engine.generation.judge import judge_path
 
     return judge_path(args.images, size=args.size)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from engine.pipeline import STAGES  # no heavy imports: the parser stays fast
+def _verb_adder(sub):
+    def verb(name, func, help):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--run", required=True, metavar="DIR", help="run directory (created when missing)")
+        sp.set_defaults(func=func)
+        return sp
+    return verb
 
+
+def _data_and_model_verbs(verb) -> None:
+    sp = verb("prepare", cmd_prepare, STAGES["prepare"].summary)
+    sp.add_argument("source", metavar="SOURCE", help="CelebA root, image folder, or synthetic:N[:SEED]")
+    sp.add_argument("--size", type=_positive_int, default=PrepareConfig.size, help=f"output side in pixels, multiple of 16 (default {PrepareConfig.size})")
+    sp.add_argument("--limit", type=_positive_int, default=None, help="keep N images spread over the listing")
+    sp.add_argument("--workers", type=_positive_int, default=None, help="decode processes (default: all cores)")
+    sp.add_argument("--overwrite", action="store_true", help="rebuild a cache made from another source or size")
+
+    sp = verb("train", cmd_train, STAGES["train"].summary)
+    sp.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs, help=f"total epochs (default {TrainConfig.epochs}, as in the study)")
+    sp.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size, help=f"images per optimisation step (default {TrainConfig.batch_size})")
+    sp.add_argument("--lr", type=float, default=TrainConfig.lr, help=f"Adam learning rate (default {TrainConfig.lr:g})")
+    sp.add_argument("--z-dim", type=_positive_int, default=None, help=f"latent dimension (default {ModelConfig.z_dim})")
+    sp.add_argument("--widths", type=_widths, default=None, help=f"conv channels of the 4 encoder layers (default {','.join(map(str, ModelConfig().widths))})")
+    sp.add_argument("--loss", choices=LOSSES, default=TrainConfig.loss)
+    sp.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=TrainConfig.precision,
+                    help="auto: bf16 (or fp16 + GradScaler) autocast on CUDA, fp32 on CPU")
+    sp.add_argument("--device", default=TrainConfig.device, help="auto, cpu, cuda or cuda:N")
+    sp.add_argument("--seed", type=int, default=TrainConfig.seed)
+    sp.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    sp.add_argument("--overwrite", action="store_true", help="discard existing checkpoints and start over")
+
+    sp = verb("encode", cmd_encode, STAGES["encode"].summary)
+    sp.add_argument("--checkpoint", default=EncodeConfig.checkpoint, help="default RUN/checkpoints/best.pt (else last.pt)")
+    sp.add_argument("--batch-size", type=_positive_int, default=EncodeConfig.batch_size, help="default 64 on CPU, 1024 on CUDA")
+    sp.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=EncodeConfig.precision)
+    sp.add_argument("--device", default=EncodeConfig.device)
+    sp = verb("import-latents", cmd_import_latents, "bring your own (N, D) latents: .npy, .npz or .zarr -> RUN/latents.zarr")
+    sp.add_argument("file", metavar="FILE", help=".npy, .npz (array 'z' or the first) or Zarr array/group with 'z'")
+    sp.add_argument("--drop-nonfinite", action="store_true", help="drop and count rows with NaN/inf instead of failing")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing RUN/latents.zarr")
+
+
+def _analysis_verbs(verb) -> None:
+    sp = verb("stats", cmd_stats, STAGES["stats"].summary)
+    sp.add_argument("--bin-width", type=float, default=StatsConfig.bin_width,
+                    help=f"number-density bin width (default {StatsConfig.bin_width:g}, as in the study)")
+    sp.add_argument("--no-pca", action="store_true", help="do not write PCA coordinates into latents.zarr")
+
+    sp = verb("structure", cmd_structure, STAGES["structure"].summary)
+    sp.add_argument("--k", type=_positive_int, default=StructureConfig.k, help=f"neighbours per point (default {StructureConfig.k})")
+    sp.add_argument("--index", choices=("exact", "hnsw", "ivf"), default=StructureConfig.index,
+                    help="FAISS index: exact (default) or approximate with measured recall")
+    sp.add_argument("--sample", type=_positive_int, default=None, help="analyse N randomly chosen points (default all)")
+    sp.add_argument("--seed", type=int, default=StructureConfig.seed)
+
+    sp = verb("tsne", cmd_tsne, STAGES["tsne"].summary)
+    sp.add_argument("--n", type=_positive_int, default=TSNEConfig.n, help=f"points embedded (default {TSNEConfig.n:,}, as in the study)")
+    sp.add_argument("--pca", type=_positive_int, default=None, help="project onto the first K principal components first")
+    sp.add_argument("--perplexity", type=float, default=TSNEConfig.perplexity,
+                    help=f"default {TSNEConfig.perplexity:g} (the study used 10 at 20,000 points)")
+    sp.add_argument("--early-exaggeration", type=float, default=TSNEConfig.early_exaggeration,
+                    help=f"default {TSNEConfig.early_exaggeration:g} (the study used 16)")
+    sp.add_argument("--n-iter", type=_positive_int, default=TSNEConfig.n_iter,
+                    help=f"total iterations (default {TSNEConfig.n_iter}), the first 250 exaggerated")
+    sp.add_argument("--seed", type=int, default=TSNEConfig.seed)
+    sp.add_argument("--no-null", action="store_true", help="skip the null model's embedding")
+
+
+def _generation_verbs(verb, sub) -> None:
+    sp = verb("generate", cmd_generate, "draw z-points from a sampler fitted to the cloud and decode them -> RUN/generate/NAME/")
+    sp.add_argument("--sampler", required=True,
+                    choices=SAMPLERS)
+    sp.add_argument("--n", type=_positive_int, default=GenerateConfig.n, help=f"z-points to draw (default {GenerateConfig.n})")
+    sp.add_argument("--seed", type=int, default=GenerateConfig.seed)
+    sp.add_argument("--device", default=GenerateConfig.device)
+
+    sp = verb("paths", cmd_paths, "decode z-points on paths through the cloud -> RUN/generate/paths/")
+    sp.add_argument("--angle", type=float, default=PathsConfig.angle, help="rotation of the in-plane segments, degrees")
+    sp.add_argument("--length", type=float, default=PathsConfig.length, help="segment length in units of the spread along it")
+    sp.add_argument("--steps", type=_positive_int, default=PathsConfig.steps, help="points per segment (odd: the centre is one)")
+    sp.add_argument("--between", default=None, metavar="ID_A,ID_B", help="also interpolate between two images' latents")
+    sp.add_argument("--extend", type=float, default=PathsConfig.extend, help="extend the interpolation beyond both ends")
+    sp.add_argument("--axes", type=_index_pair, action="append", metavar="I,J",
+                    help="a segment in the plane of components I and J (0-based; repeatable; "
+                         "default: the two most dominant components)")
+    sp.add_argument("--pcs", type=_index_pair, action="append", metavar="P,Q",
+                    help="a segment in the plane of principal axes P and Q (1-based, PC1 first; repeatable; default 1,2)")
+    sp.add_argument("--device", default=PathsConfig.device)
+
+    sp = verb("compare", cmd_compare, STAGES["compare"].summary)
+    sp.add_argument("--n", type=_positive_int, default=CompareConfig.n, help=f"z-points per sampler (default {CompareConfig.n:,})")
+    sp.add_argument("--seed", type=int, default=CompareConfig.seed)
+    sp.add_argument("--device", default=CompareConfig.device)
+
+    sp = sub.add_parser("judge", help="face rate (OpenCV Haar cascade) and sharpness of a folder of images or an .npy/.npz",
+                        description="face rate (OpenCV Haar cascade, fixed settings) with a 95% Wilson interval, and sharpness")
+    sp.add_argument("images", metavar="IMAGES", help="folder of PNG/JPEG images, an image, or an .npy/.npz array (N,S,S,3)")
+    sp.add_argument("--size", type=_positive_int, default=PrepareConfig.size,
+                    help=f"images are judged at this side (default {PrepareConfig.size})")
+    sp.set_defaults(func=cmd_judge)
+
+
+def _run_verbs(verb, sub) -> None:
+    sp = verb("run", cmd_run, "the main job: prepare, train, encode, stats, structure, tsne, compare, report; "
+                              "finished stages are skipped, changed ones rerun")
+    sp.add_argument("source", metavar="SOURCE", nargs="?", default=None,
+                    help="as for prepare (default: the built-in synthetic:10000, or synthetic:3000 with --quick)")
+    sp.add_argument("--quick", action="store_true", help="small profile: every figure in a few minutes on a laptop CPU")
+    sp.add_argument("--until", choices=STAGE_NAMES, default=None, help="stop after this stage")
+    sp.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (study 24, quick 4)")
+    sp.add_argument("--size", type=_positive_int, default=None, help="image side, multiple of 16 (default 96)")
+    sp.add_argument("--z-dim", type=_positive_int, default=None, help=f"latent dimension (default {ModelConfig.z_dim})")
+    sp.add_argument("--batch-size", type=_positive_int, default=None, help="training batch (default 64)")
+    sp.add_argument("--k", type=_positive_int, default=None, help="neighbours per point in structure (default 16)")
+    sp.add_argument("--tsne-n", type=_positive_int, default=None, help="points in the t-SNE map (study 20,000, quick 3,000)")
+    sp.add_argument("--compare-n", type=_positive_int, default=None, help="z-points per sampler (study 1,000, quick 300)")
+    sp.add_argument("--seed", type=int, default=None, help="seed of every stage (default 0)")
+    sp.add_argument("--device", default=TrainConfig.device)
+
+    sp = verb("report", cmd_report, STAGES["report"].summary)
+
+    sp = sub.add_parser("bench", help="time every stage against its baseline -> bench/results.json, RESULTS.md",
+                        description="time every stage against the baseline a user would otherwise write")
+    sp.add_argument("--small", action="store_true", help="the CI sizes (bench/profile.py; duration in bench/harness.py); writes bench/small/")
+    sp.add_argument("--only", default=None, metavar="STAGE,...", help="run these stages only (others keep their rows)")
+    sp.add_argument("--data", default=None, help="CelebA root or image folder (default: ../shared/data/celeba-subset "
+                                                 "when present, else generated JPEGs)")
+    sp.add_argument("--threads", type=_positive_int, default=None, help="threads to pin (default: all cores)")
+    sp.add_argument("--out", default=None, metavar="DIR", help="where results.json and RESULTS.md go")
+    sp.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zspace",
         description="Train a convolutional autoencoder on face images and study its latent cloud.",
@@ -182,122 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-
-    def verb(name, func, help):
-        sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("--run", required=True, metavar="DIR", help="run directory (created when missing)")
-        sp.set_defaults(func=func)
-        return sp
-
-    sp = verb("prepare", cmd_prepare, "decode, crop and resize a SOURCE once into RUN/images.zarr")
-    sp.add_argument("source", metavar="SOURCE", help="CelebA root, image folder, or synthetic:N[:SEED]")
-    sp.add_argument("--size", type=_positive_int, default=96, help="output side in pixels, multiple of 16 (default 96)")
-    sp.add_argument("--limit", type=_positive_int, default=None, help="keep N images spread over the listing")
-    sp.add_argument("--workers", type=_positive_int, default=None, help="decode processes (default: all cores)")
-    sp.add_argument("--overwrite", action="store_true", help="rebuild a cache made from another source or size")
-
-    sp = verb("train", cmd_train, "train the autoencoder on RUN/images.zarr")
-    sp.add_argument("--epochs", type=_positive_int, default=24, help="total epochs (default 24, as in the study)")
-    sp.add_argument("--batch-size", type=_positive_int, default=64)
-    sp.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default 5e-4)")
-    sp.add_argument("--z-dim", type=_positive_int, default=None, help="latent dimension (default 256)")
-    sp.add_argument("--widths", type=_widths, default=None, help="conv channels of the 4 encoder layers (default 32,64,64,64)")
-    sp.add_argument("--loss", choices=("bce", "mse"), default="bce")
-    sp.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                    help="auto: bf16 (or fp16 + GradScaler) autocast on CUDA, fp32 on CPU")
-    sp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
-    sp.add_argument("--overwrite", action="store_true", help="discard existing checkpoints and start over")
-
-    sp = verb("encode", cmd_encode, "stream the latent of every image into RUN/latents.zarr")
-    sp.add_argument("--checkpoint", default=None, help="default RUN/checkpoints/best.pt")
-    sp.add_argument("--batch-size", type=_positive_int, default=None, help="default 64 on CPU, 1024 on CUDA")
-    sp.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    sp.add_argument("--device", default="auto")
-    sp = verb("import-latents", cmd_import_latents, "bring your own (N, D) latents: .npy, .npz or .zarr -> RUN/latents.zarr")
-    sp.add_argument("file", metavar="FILE", help=".npy, .npz (array 'z' or the first) or Zarr array/group with 'z'")
-    sp.add_argument("--drop-nonfinite", action="store_true", help="drop and count rows with NaN/inf instead of failing")
-    sp.add_argument("--overwrite", action="store_true", help="replace an existing RUN/latents.zarr")
-
-    sp = verb("stats", cmd_stats, "number densities, radius, correlations, PCA, normality -> RUN/stats/")
-    sp.add_argument("--bin-width", type=float, default=0.25, help="number-density bin width (default 0.25, as in the study)")
-    sp.add_argument("--no-pca", action="store_true", help="do not write PCA coordinates into latents.zarr")
-
-    sp = verb("structure", cmd_structure, "kNN graph, local and global intrinsic dimension, voids; data vs null -> RUN/structure/")
-    sp.add_argument("--k", type=_positive_int, default=16, help="neighbours per point (default 16)")
-    sp.add_argument("--index", choices=("exact", "hnsw", "ivf"), default="exact",
-                    help="FAISS index: exact (default) or approximate with measured recall")
-    sp.add_argument("--sample", type=_positive_int, default=None, help="analyse N randomly chosen points (default all)")
-    sp.add_argument("--seed", type=int, default=0)
-
-    sp = verb("tsne", cmd_tsne, "openTSNE map of N random points, beside the null model -> RUN/tsne/")
-    sp.add_argument("--n", type=_positive_int, default=20000, help="points embedded (default 20,000, as in the study)")
-    sp.add_argument("--pca", type=_positive_int, default=None, help="project onto the first K principal components first")
-    sp.add_argument("--perplexity", type=float, default=30.0, help="default 30 (the study used 10 at 20,000 points)")
-    sp.add_argument("--early-exaggeration", type=float, default=12.0, help="default 12 (the study used 16)")
-    sp.add_argument("--n-iter", type=_positive_int, default=750, help="total iterations, the first 250 exaggerated")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--no-null", action="store_true", help="skip the null model's embedding")
-
-    sp = verb("generate", cmd_generate, "draw z-points from a sampler fitted to the cloud and decode them -> RUN/generate/NAME/")
-    sp.add_argument("--sampler", required=True,
-                    choices=("uniform", "box", "gauss", "mvn", "mvn-core", "gmm", "origin", "data"))
-    sp.add_argument("--n", type=_positive_int, default=64, help="z-points to draw (default 64)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--device", default="auto")
-
-    sp = verb("paths", cmd_paths, "decode z-points on paths through the cloud -> RUN/generate/paths/")
-    sp.add_argument("--angle", type=float, default=0.0, help="rotation of the in-plane segments, degrees")
-    sp.add_argument("--length", type=float, default=4.0, help="segment length in units of the spread along it")
-    sp.add_argument("--steps", type=_positive_int, default=9, help="points per segment (odd: the centre is one)")
-    sp.add_argument("--between", default=None, metavar="ID_A,ID_B", help="also interpolate between two images' latents")
-    sp.add_argument("--extend", type=float, default=0.5, help="extend the interpolation beyond both ends")
-    sp.add_argument("--axes", type=_index_pair, action="append", metavar="I,J",
-                    help="a segment in the plane of components I and J (0-based; repeatable; "
-                         "default: the two most dominant components)")
-    sp.add_argument("--pcs", type=_index_pair, action="append", metavar="P,Q",
-                    help="a segment in the plane of principal axes P and Q (1-based, PC1 first; repeatable; default 1,2)")
-    sp.add_argument("--device", default="auto")
-
-    sp = verb("compare", cmd_compare, "every sampler and path family decoded and judged -> RUN/generate/compare.json, .md, .png")
-    sp.add_argument("--n", type=_positive_int, default=1000, help="z-points per sampler (default 1,000)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--device", default="auto")
-
-    sp = sub.add_parser("judge", help="face rate (OpenCV Haar cascade) and sharpness of a folder of images or an .npy/.npz",
-                        description="face rate (OpenCV Haar cascade, fixed settings) with a 95% Wilson interval, and sharpness")
-    sp.add_argument("images", metavar="IMAGES", help="folder of PNG/JPEG images, an image, or an .npy/.npz array (N,S,S,3)")
-    sp.add_argument("--size", type=_positive_int, default=96, help="images are judged at this side (default 96)")
-    sp.set_defaults(func=cmd_judge)
-
-    sp = verb("run", cmd_run, "the main job: prepare, train, encode, stats, structure, tsne, compare, report; "
-                              "finished stages are skipped, changed ones rerun")
-    sp.add_argument("source", metavar="SOURCE", nargs="?", default=None,
-                    help="as for prepare (default: the built-in synthetic:10000, or synthetic:3000 with --quick)")
-    sp.add_argument("--quick", action="store_true", help="small profile: every figure in a few minutes on a laptop CPU")
-    sp.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
-    sp.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (study 24, quick 4)")
-    sp.add_argument("--size", type=_positive_int, default=None, help="image side, multiple of 16 (default 96)")
-    sp.add_argument("--z-dim", type=_positive_int, default=None, help="latent dimension (default 256)")
-    sp.add_argument("--batch-size", type=_positive_int, default=None, help="training batch (default 64)")
-    sp.add_argument("--k", type=_positive_int, default=None, help="neighbours per point in structure (default 16)")
-    sp.add_argument("--tsne-n", type=_positive_int, default=None, help="points in the t-SNE map (study 20,000, quick 3,000)")
-    sp.add_argument("--compare-n", type=_positive_int, default=None, help="z-points per sampler (study 1,000, quick 300)")
-    sp.add_argument("--seed", type=int, default=None, help="seed of every stage (default 0)")
-    sp.add_argument("--device", default="auto")
-
-    sp = verb("report", cmd_report, "one static page of every figure and number -> RUN/report/index.html, report.md")
-
-    sp = sub.add_parser("bench", help="time every stage against its baseline -> bench/results.json, RESULTS.md",
-                        description="time every stage against the baseline a user would otherwise write")
-    sp.add_argument("--small", action="store_true", help="small sizes for CI (under 3 minutes); writes bench/small/")
-    sp.add_argument("--only", default=None, metavar="STAGE,...", help="run these stages only (others keep their rows)")
-    sp.add_argument("--data", default=None, help="CelebA root or image folder (default: ../shared/data/celeba-subset "
-                                                 "when present, else generated JPEGs)")
-    sp.add_argument("--threads", type=_positive_int, default=None, help="threads to pin (default: all cores)")
-    sp.add_argument("--out", default=None, metavar="DIR", help="where results.json and RESULTS.md go")
-    sp.set_defaults(func=cmd_bench)
+    verb = _verb_adder(sub)
+    _data_and_model_verbs(verb)
+    _analysis_verbs(verb)
+    _generation_verbs(verb, sub)
+    _run_verbs(verb, sub)
     return p
 
 

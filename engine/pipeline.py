@@ -21,23 +21,39 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from engine.analysis.config import StructureConfig, TSNEConfig
+from engine.analysis.stats import compute_stats
+from engine.analysis.structure import compute_structure
+from engine.analysis.tsne import compute_tsne
+from engine.data.imagecache import prepare
+from engine.files import write_json_atomic
+from engine.generation.compare import compare
+from engine.generation.config import CompareConfig
+from engine.model.config import ModelConfig, TrainConfig
+from engine.model.encode import encode
+from engine.model.train import train
+from engine.report.page import write_report
+from engine.stages import STAGE_NAMES, TABLE
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "synthetic:10000"
-STAGES = ("prepare", "train", "encode", "stats", "structure", "tsne", "compare", "report")
+STAGES = STAGE_NAMES
 STATE_FILE = "pipeline.json"
 
 
 @dataclass(frozen=True)
 class Profile:
+    """The options of ``zspace run``; each default is read from the stage's config dataclass."""
+
     source: str = DEFAULT_SOURCE  # built-in synthetic faces: no download on a fresh machine
-    size: int = 96  # the study's image side
-    z_dim: int = 256  # the study's latent dimension
-    epochs: int = 24  # the study's training length
-    batch_size: int = 64
-    k: int = 16  # neighbours per point in structure
-    tsne_n: int = 20000  # points in the t-SNE map, as in the study
-    compare_n: int = 1000  # z-points per sampler in compare
+    size: int = ModelConfig.size
+    z_dim: int = ModelConfig.z_dim
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    k: int = StructureConfig.k
+    tsne_n: int = TSNEConfig.n
+    compare_n: int = CompareConfig.n
     seed: int = 0
 
 
@@ -48,11 +64,7 @@ PROFILES = {
 }
 
 # where a finished stage leaves its main output (a stage whose output is gone runs again)
-OUTPUTS = {
-    "prepare": "images.zarr/zarr.json", "train": "checkpoints/last.pt", "encode": "latents.zarr/zarr.json",
-    "stats": "stats/stats.json", "structure": "structure/structure.json", "tsne": "tsne/tsne.json",
-    "compare": "generate/compare.json", "report": "report/index.html",
-}
+OUTPUTS = {s.name: s.output for s in TABLE}
 
 
 def stage_options(p: Profile) -> dict[str, dict]:
@@ -89,48 +101,30 @@ def _load_state(run: Path) -> dict:
 
 
 def _save_state(run: Path, state: dict) -> None:
-    tmp = run / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, run / STATE_FILE)  # atomic: an interrupt never leaves half a file
+    write_json_atomic(run / STATE_FILE, state)  # an interrupt never leaves half a file
 
 
 def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, progress: bool):
+    """Call stage ``name`` of the table with the profile's options."""
     if name == "prepare":
-        from engine.imagecache import prepare
-
         return prepare(p.source, run, size=p.size, overwrite=fresh, progress=progress)
     if name == "train":
-        from engine.model import ModelConfig
-        from engine.train import TrainConfig, train
-
         cfg = TrainConfig(epochs=p.epochs, batch_size=p.batch_size, device=device, seed=p.seed)
         return train(run, cfg, ModelConfig(size=p.size, z_dim=p.z_dim), resume=not fresh, overwrite=fresh,
                      progress=progress)
     if name == "encode":
-        from engine.encode import encode
-
         return encode(run, device=device, progress=progress)
     if name == "stats":
-        from engine.stats import compute_stats
-
         return compute_stats(run, progress=progress)
     if name == "structure":
-        from engine.structure import StructureConfig, compute_structure
-
         return compute_structure(run, StructureConfig(k=p.k, seed=p.seed), progress=progress)
     if name == "tsne":
-        from engine.tsne import TSNEConfig, compute_tsne
-
         return compute_tsne(run, TSNEConfig(n=p.tsne_n, seed=p.seed), progress=progress)
     if name == "compare":
-        from engine.compare import compare
-
         return compare(run, n=p.compare_n, seed=p.seed, device=device, progress=progress)
     if name == "report":
-        from engine.report import write_report
-
         return write_report(run)
-    raise ValueError(f"unknown stage {name!r}")
+    raise ValueError(f"unknown stage {name!r}; stages: {STAGE_NAMES}")
 
 
 def profile_for(quick: bool = False, **overrides) -> Profile:

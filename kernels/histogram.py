@@ -1,4 +1,4 @@
-"""Per-component and 1-D histograms, and row norms, with numpy-identical binning.
+"""Per-component and 1-D histograms with numpy-identical binning.
 
 Binning contract (the same as ``np.histogram(v, bins=edges)`` with an edges
 array): for ``nbins = len(edges) - 1`` bins, bin ``k < nbins - 1`` counts values
@@ -24,13 +24,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from kernels.checks import check_out, check_rows
+
 __all__ = [
     "uniform_edges",
     "component_histograms",
     "component_histograms_serial",
     "histogram_1d",
-    "row_norms",
-    "row_norms_serial",
 ]
 
 
@@ -60,7 +60,7 @@ def _check_uniform(lo, width, nbins):
         raise ValueError(f"width={width!r} is too small relative to the edge magnitudes (lo={lo!r}, hi={hi!r})")
 
 
-def _component_histograms_body(x, lo, width, nbins, out):
+def _component_histograms_body(x, lo, width, nbins, nslabs, out):
     n, d = x.shape
     inv_w = 1.0 / width
     # Same expression as uniform_edges for k = nbins: the identical rounding.
@@ -69,13 +69,13 @@ def _component_histograms_body(x, lo, width, nbins, out):
     # Slot 0 of each column's row is a trash bin for NaN / out-of-range values,
     # so the scatter below never branches; slots 1..nbins are the real bins.
     stride = nbins + 1
-    nthreads = numba.get_num_threads()
-    # Per-thread partial counts, reduced once at the end: no atomics, no false
-    # sharing. int32 halves the cache footprint of the scatter (a thread counts
-    # at most N < 2**31 values per bin; the wrapper checks N).
-    partial = np.zeros((nthreads, d * stride), dtype=np.int32)
-    per = (n + nthreads - 1) // nthreads
-    for t in numba.prange(nthreads):
+    # One partial count per row slab (nslabs = the thread count, 1 serially),
+    # reduced once at the end: no atomics, no false sharing. int32 halves the
+    # cache footprint of the scatter (a slab counts at most N < 2**31 values
+    # per bin; the wrapper checks N).
+    partial = np.zeros((nslabs, d * stride), dtype=np.int32)
+    per = (n + nslabs - 1) // nslabs
+    for t in numba.prange(nslabs):
         start = t * per
         stop = min(n, start + per)
         counts = partial[t]
@@ -99,21 +99,24 @@ def _component_histograms_body(x, lo, width, nbins, out):
             # Pass 2: the scatter, the only part that cannot be vectorized.
             for j in range(d):
                 counts[slot[j]] += 1
-    for t in range(nthreads):
+    for t in range(nslabs):
         for j in range(d):
             for k in range(nbins):
                 out[j, k] += partial[t, j * stride + k + 1]
 
 
+# Threaded variants are never cached: numba's on-disk cache of parallel=True
+# functions is unreliable (pynndescent PR #175), so they compile once per process.
+# The slab count is an argument rather than numba.get_num_threads() inside the
+# body because that call is a dynamic global, which numba refuses to cache.
 _component_histograms_par = numba.njit(parallel=True)(_component_histograms_body)
-_component_histograms_ser = numba.njit(_component_histograms_body)
+_component_histograms_ser = numba.njit(cache=True)(_component_histograms_body)
 
 
-def _check_x(x, ndim=2):
-    if x.ndim != ndim or not x.flags.c_contiguous or x.dtype not in (np.float32, np.float64):
-        raise ValueError(f"x must be a C-contiguous float32/float64 array with {ndim} dims, got {x.dtype} {x.shape}")
-    if x.shape[0] >= 2**31:
-        raise ValueError(f"x has {x.shape[0]} rows; pass blocks of fewer than 2**31 rows")
+def _check_row_count(name, n):
+    # The per-thread partial counts are int32.
+    if n >= 2**31:
+        raise ValueError(f"{name} has {n} rows; pass blocks of fewer than 2**31 rows")
 
 
 def component_histograms(x, lo, width, nbins, out, parallel=True):
@@ -131,13 +134,14 @@ def component_histograms(x, lo, width, nbins, out, parallel=True):
     partial counts (``parallel=False`` runs the same body on one thread; counts
     are integers, so both give identical results).
     """
-    _check_x(x)
+    check_rows(x, "x")
+    _check_row_count("x", x.shape[0])
     _check_uniform(lo, width, nbins)
-    want = (x.shape[1], nbins)
-    if out.dtype != np.int64 or out.shape != want or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous int64 array of shape {want}, got {out.dtype} {out.shape}")
-    kernel = _component_histograms_par if parallel else _component_histograms_ser
-    kernel(x, float(lo), float(width), int(nbins), out)
+    check_out(out, "out", np.int64, (x.shape[1], nbins))
+    if parallel:
+        _component_histograms_par(x, float(lo), float(width), int(nbins), numba.get_num_threads(), out)
+    else:
+        _component_histograms_ser(x, float(lo), float(width), int(nbins), 1, out)
     return out
 
 
@@ -153,43 +157,11 @@ def histogram_1d(v, lo, width, nbins, out, parallel=True):
     out: int64 (nbins,). Returns ``out``. Runs the column kernel on the (N, 1)
     view of ``v`` (no copy), so it shares its compiled code.
     """
-    _check_x(v, ndim=1)
-    if out.ndim != 1:
-        raise ValueError(f"out must be 1-D (nbins,), got shape {out.shape}")
+    check_rows(v, "v", ndim=1)
+    _check_row_count("v", v.shape[0])
+    _check_uniform(lo, width, nbins)
+    # Checked here, not only by component_histograms on the reshaped view: a
+    # non-contiguous out would be reshaped into a copy and the counts lost.
+    check_out(out, "out", np.int64, (nbins,))
     component_histograms(v.reshape(-1, 1), lo, width, nbins, out.reshape(1, -1), parallel=parallel)
     return out
-
-
-def _row_norms_body(x, out):
-    n, d = x.shape
-    for i in numba.prange(n):
-        s = 0.0
-        for j in range(d):
-            # Widen before squaring: a float32 square is exact in float64.
-            v = np.float64(x[i, j])
-            s += v * v
-        out[i] = np.sqrt(s)
-
-
-_row_norms_par = numba.njit(parallel=True)(_row_norms_body)
-_row_norms_ser = numba.njit(_row_norms_body)
-
-
-def row_norms(x: np.ndarray, out: np.ndarray, parallel: bool = True) -> np.ndarray:
-    """L2 norm of every row, ``out[i] = sqrt(sum_j float64(x[i, j])**2)``.
-
-    x: float32 or float64 (N, D), C-contiguous. out: float64 (N,). Returns ``out``.
-    Each row is summed left to right in float64 by one thread, so serial and
-    parallel results are bit-identical.
-    """
-    if x.ndim != 2 or not x.flags.c_contiguous or x.dtype not in (np.float32, np.float64):
-        raise ValueError(f"x must be a C-contiguous float32/float64 (N, D) array, got {x.dtype} {x.shape}")
-    if out.dtype != np.float64 or out.shape != (x.shape[0],):
-        raise ValueError(f"out must be float64 of shape {(x.shape[0],)}, got {out.dtype} {out.shape}")
-    (_row_norms_par if parallel else _row_norms_ser)(x, out)
-    return out
-
-
-def row_norms_serial(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``row_norms`` compiled without threads."""
-    return row_norms(x, out, parallel=False)

@@ -24,6 +24,8 @@ import math
 import numba
 import numpy as np
 
+from kernels.checks import check_out, check_rows
+
 __all__ = [
     "local_pca",
     "local_pca_serial",
@@ -41,7 +43,10 @@ _MAX_QL_ITER = 60
 _DOT_MATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
-@numba.njit(fastmath=_DOT_MATH)
+# Helpers are cached (they are serial); the parallel kernels below that call
+# them are not, since numba's cache of parallel=True functions is unreliable
+# (pynndescent PR #175).
+@numba.njit(fastmath=_DOT_MATH, cache=True)
 def _gram_rows(y, k, d, scale, a):
     """a[r, s] = scale * <y[r], y[s]> for r, s < k (the k x k Gram of the rows)."""
     for r in range(k):
@@ -53,7 +58,7 @@ def _gram_rows(y, k, d, scale, a):
             a[s, r] = acc * scale
 
 
-@numba.njit(fastmath=_DOT_MATH)
+@numba.njit(fastmath=_DOT_MATH, cache=True)
 def _gram_cols(y, k, d, scale, a):
     """a[u, v] = scale * sum_r y[r, u] y[r, v] for u, v < d (the covariance, when k > D)."""
     for u in range(d):
@@ -69,12 +74,9 @@ def _gram_cols(y, k, d, scale, a):
             a[v, u] = a[u, v]
 
 
-@numba.njit
-def _symmetric_eigvals(a, p, diag, off):
-    """Eigenvalues of the symmetric p x p matrix a[:p, :p] (overwritten) into diag[:p], unsorted.
-
-    off: scratch of length >= p. Returns False if QL did not converge (NaN/inf input).
-    """
+@numba.njit(cache=True)
+def _tridiagonalize(a, p, diag, off):
+    """Householder reduction of the symmetric a[:p, :p] (overwritten) to tridiagonal (diag[:p], off[:p])."""
     # Householder: zero column c below the subdiagonal with H = I - beta v v^T,
     # applied as A <- A - v q^T - q v^T on the trailing block (GVL 8.3.1).
     # v is kept in row c right of the diagonal (equal to column c by symmetry
@@ -117,6 +119,10 @@ def _symmetric_eigvals(a, p, diag, off):
     diag[p - 1] = a[p - 1, p - 1]
     off[p - 1] = 0.0
 
+
+@numba.njit(cache=True)
+def _tridiagonal_eigvals(diag, off, p):
+    """Eigenvalues of the tridiagonal (diag[:p], off[:p]) into diag, unsorted; False if QL did not converge."""
     # Implicit QL with Wilkinson shift on (diag, off); off[i] couples i and i+1.
     eps = np.finfo(np.float64).eps
     for l in range(p):
@@ -170,7 +176,17 @@ def _symmetric_eigvals(a, p, diag, off):
     return True
 
 
-@numba.njit
+@numba.njit(cache=True)
+def _symmetric_eigvals(a, p, diag, off):
+    """Eigenvalues of the symmetric p x p matrix a[:p, :p] (overwritten) into diag[:p], unsorted.
+
+    off: scratch of length >= p. Returns False if QL did not converge (NaN/inf input).
+    """
+    _tridiagonalize(a, p, diag, off)
+    return _tridiagonal_eigvals(diag, off, p)
+
+
+@numba.njit(cache=True)
 def _local_pca_row(z, nb, y, a, diag, off, out):
     """Eigenvalues of one neighbourhood's covariance into out (m,), descending."""
     k = nb.shape[0]
@@ -227,14 +243,14 @@ def _local_pca_row(z, nb, y, a, diag, off, out):
         out[u] = v
 
 
-def _local_pca_body(z, neighbours, out):
+def _local_pca_body(z, neighbours, nslabs, out):
     n = neighbours.shape[0]
     k = neighbours.shape[1]
     d = z.shape[1]
     p = min(k, d)
-    nthreads = numba.get_num_threads()
-    per = (n + nthreads - 1) // nthreads
-    for t in numba.prange(nthreads):
+    # nslabs contiguous slabs of points: one per thread, 1 serially.
+    per = (n + nslabs - 1) // nslabs
+    for t in numba.prange(nslabs):
         # Per-thread scratch: the centred neighbourhood (k, D) float64 (32 KB
         # at k=16, D=256, stays in L1/L2), the p x p matrix and two vectors.
         y = np.empty((k, d), dtype=np.float64)
@@ -247,8 +263,10 @@ def _local_pca_body(z, neighbours, out):
             _local_pca_row(z, neighbours[i], y, a, diag, off, out[i])
 
 
+# nslabs is an argument because numba.get_num_threads() in the body is a
+# dynamic global, which would stop the serial variant from being cached.
 _local_pca_par = numba.njit(parallel=True)(_local_pca_body)
-_local_pca_ser = numba.njit(_local_pca_body)
+_local_pca_ser = numba.njit(cache=True)(_local_pca_body)
 
 
 def local_pca(z: np.ndarray, neighbours: np.ndarray, out_eigvals: np.ndarray, parallel: bool = True) -> np.ndarray:
@@ -269,22 +287,21 @@ def local_pca(z: np.ndarray, neighbours: np.ndarray, out_eigvals: np.ndarray, pa
     computed by the same code on one thread, so ``parallel=False`` gives
     bit-identical results.
     """
-    if z.ndim != 2 or z.dtype != np.float32 or not z.flags.c_contiguous:
-        raise ValueError(f"z must be a C-contiguous float32 (N, D) array, got {z.dtype} {z.shape}")
-    if (neighbours.ndim != 2 or neighbours.dtype != np.int64 or not neighbours.flags.c_contiguous
-            or neighbours.shape[1] < 2):
-        raise ValueError(f"neighbours must be a C-contiguous int64 (M, k) array with k >= 2, "
-                         f"got {neighbours.dtype} {neighbours.shape}")
+    check_rows(z, "z", dtypes=(np.float32,))
+    check_rows(neighbours, "neighbours", dtypes=(np.int64,), dims="(M, k)")
+    if neighbours.shape[1] < 2:
+        raise ValueError(f"neighbours must have k >= 2 columns (a neighbourhood of one point has no spread), "
+                         f"got shape {neighbours.shape}")
     if neighbours.size and (neighbours.min() < 0 or neighbours.max() >= z.shape[0]):
         raise ValueError(f"neighbours must index rows of z (0 .. {z.shape[0] - 1}), "
                          f"got values in [{neighbours.min()}, {neighbours.max()}]")
     if z.shape[1] < 1:
         raise ValueError(f"z must have at least one column, got shape {z.shape}")
-    want = (neighbours.shape[0], min(neighbours.shape[1], z.shape[1]))
-    if out_eigvals.dtype != np.float64 or out_eigvals.shape != want or not out_eigvals.flags.c_contiguous:
-        raise ValueError(f"out_eigvals must be a C-contiguous float64 array of shape {want}, "
-                         f"got {out_eigvals.dtype} {out_eigvals.shape}")
-    (_local_pca_par if parallel else _local_pca_ser)(z, neighbours, out_eigvals)
+    check_out(out_eigvals, "out_eigvals", np.float64, (neighbours.shape[0], min(neighbours.shape[1], z.shape[1])))
+    if parallel:
+        _local_pca_par(z, neighbours, numba.get_num_threads(), out_eigvals)
+    else:
+        _local_pca_ser(z, neighbours, 1, out_eigvals)
     return out_eigvals
 
 
@@ -324,7 +341,7 @@ def _local_dim_summary_body(eigvals, out_n90, out_pr, out_lin):
 
 
 _local_dim_summary_par = numba.njit(parallel=True)(_local_dim_summary_body)
-_local_dim_summary_ser = numba.njit(_local_dim_summary_body)
+_local_dim_summary_ser = numba.njit(cache=True)(_local_dim_summary_body)
 
 
 def local_dim_summary(eigvals, out_n90, out_pr, out_lin, parallel: bool = True):
@@ -339,14 +356,13 @@ def local_dim_summary(eigvals, out_n90, out_pr, out_lin, parallel: bool = True):
     A row whose eigenvalues sum to zero (all points identical) or to NaN gives
     n90 = 0, pr = 0, lin = 0. Returns ``(out_n90, out_pr, out_lin)``.
     """
-    if eigvals.ndim != 2 or eigvals.dtype != np.float64 or not eigvals.flags.c_contiguous or eigvals.shape[1] < 1:
-        raise ValueError(f"eigvals must be a C-contiguous float64 (M, m) array with m >= 1, "
-                         f"got {eigvals.dtype} {eigvals.shape}")
+    check_rows(eigvals, "eigvals", dtypes=(np.float64,), dims="(M, m)")
+    if eigvals.shape[1] < 1:
+        raise ValueError(f"eigvals must have m >= 1 columns, got shape {eigvals.shape}")
     n = eigvals.shape[0]
-    for name, arr, dt in (("out_n90", out_n90, np.int32), ("out_pr", out_pr, np.float32),
-                          ("out_lin", out_lin, np.float32)):
-        if arr.dtype != dt or arr.shape != (n,):
-            raise ValueError(f"{name} must be {np.dtype(dt).name} of shape {(n,)}, got {arr.dtype} {arr.shape}")
+    check_out(out_n90, "out_n90", np.int32, (n,))
+    check_out(out_pr, "out_pr", np.float32, (n,))
+    check_out(out_lin, "out_lin", np.float32, (n,))
     (_local_dim_summary_par if parallel else _local_dim_summary_ser)(eigvals, out_n90, out_pr, out_lin)
     return out_n90, out_pr, out_lin
 

@@ -1,10 +1,13 @@
-"""Mean and co-moment matrix of row blocks, and their pairwise merge.
+"""Mean and co-moment matrix of row blocks, their pairwise merge, and row norms.
 
 A block of rows x (n, D) is summarised by (n, mean, M) with
 ``mean = x.sum(0) / n`` and ``M = sum_i (x_i - mean)(x_i - mean)^T`` (D, D), all
 in float64. Blocks merge exactly (up to rounding) by Chan, Golub & LeVeque's
 pairwise formula, so streaming ``latents.zarr`` in row blocks gives the same
 covariance as one pass over the whole array: ``covariance(n, M) == np.cov(x, rowvar=False)``.
+
+``row_norms`` (the L2 norm of every row, the radius of each point about the
+origin) is the per-row second moment and lives here with the others.
 """
 
 from __future__ import annotations
@@ -12,13 +15,16 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["block_moments", "merge_moments", "covariance", "column_sums"]
+from kernels.checks import check_out, check_rows
+
+__all__ = ["block_moments", "merge_moments", "covariance", "column_sums", "row_norms", "row_norms_serial"]
 
 # Rows centred per BLAS call: 16384 x 256 float64 is 32 MB, big enough that the
 # rank-k update runs at full speed, small enough not to double the memory of a block.
 _CHUNK_ROWS = 16384
 
 
+# Threaded, so not cached (see row_norms below).
 @numba.njit(parallel=True)
 def column_sums(x):
     """``x.sum(0)`` in float64: x float32/float64 (N, D) C-contiguous -> float64 (D,).
@@ -59,8 +65,7 @@ def block_moments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     it runs in a second OpenBLAS pool and, alternating with numba's threads on
     2 cores, measured slower.
     """
-    if x.ndim != 2 or not x.flags.c_contiguous or x.dtype not in (np.float32, np.float64):
-        raise ValueError(f"x must be a C-contiguous float32/float64 (N, D) array, got {x.dtype} {x.shape}")
+    check_rows(x, "x")
     n, d = x.shape
     if n == 0:
         return 0, np.zeros(d), np.zeros((d, d))
@@ -105,3 +110,37 @@ def covariance(n: int, m: np.ndarray, ddof: int = 1) -> np.ndarray:
     if n - ddof <= 0:
         raise ValueError(f"covariance needs n > ddof, got n={n}, ddof={ddof}")
     return m / (n - ddof)
+
+
+def _row_norms_body(x, out):
+    n, d = x.shape
+    for i in numba.prange(n):
+        s = 0.0
+        for j in range(d):
+            # Widen before squaring: a float32 square is exact in float64.
+            v = np.float64(x[i, j])
+            s += v * v
+        out[i] = np.sqrt(s)
+
+
+# Only the serial variant is cached (parallel=True caching is unreliable, see histogram.py).
+_row_norms_par = numba.njit(parallel=True)(_row_norms_body)
+_row_norms_ser = numba.njit(cache=True)(_row_norms_body)
+
+
+def row_norms(x: np.ndarray, out: np.ndarray, parallel: bool = True) -> np.ndarray:
+    """L2 norm of every row, ``out[i] = sqrt(sum_j float64(x[i, j])**2)``.
+
+    x: float32 or float64 (N, D), C-contiguous. out: float64 (N,). Returns ``out``.
+    Each row is summed left to right in float64 by one thread, so serial and
+    parallel results are bit-identical.
+    """
+    check_rows(x, "x")
+    check_out(out, "out", np.float64, (x.shape[0],))
+    (_row_norms_par if parallel else _row_norms_ser)(x, out)
+    return out
+
+
+def row_norms_serial(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``row_norms`` compiled without threads."""
+    return row_norms(x, out, parallel=False)

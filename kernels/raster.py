@@ -16,6 +16,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from kernels.checks import check_out, check_rows, check_shape
+
 __all__ = ["density_raster", "density_raster_serial", "linspace_edges"]
 
 
@@ -24,7 +26,7 @@ def linspace_edges(lo: float, hi: float, n: int) -> np.ndarray:
     return np.linspace(float(lo), float(hi), int(n) + 1)
 
 
-@numba.njit(inline="always")
+@numba.njit(inline="always", cache=True)
 def _cell(p, edges, lo, inv_w, n):
     """Half-open cell of ``p`` among ``edges`` (n + 1,), or -1 outside [edges[0], edges[n])."""
     if not (p >= edges[0] and p < edges[n]):  # False for NaN
@@ -39,17 +41,17 @@ def _cell(p, edges, lo, inv_w, n):
     return k
 
 
-def _density_raster_body(x, mean, basis, xedges, yedges, out):
+def _density_raster_body(x, mean, basis, xedges, yedges, nslabs, out):
     n, d = x.shape
     nx = xedges.shape[0] - 1
     ny = yedges.shape[0] - 1
     inv_wx = nx / (xedges[nx] - xedges[0])
     inv_wy = ny / (yedges[ny] - yedges[0])
-    nthreads = numba.get_num_threads()
-    # Per-thread partial rasters over contiguous row slabs, summed at the end.
-    partial = np.zeros((nthreads, ny, nx), dtype=np.int64)
-    per = (n + nthreads - 1) // nthreads
-    for t in numba.prange(nthreads):
+    # Partial rasters over nslabs contiguous row slabs (one per thread, 1
+    # serially), summed at the end.
+    partial = np.zeros((nslabs, ny, nx), dtype=np.int64)
+    per = (n + nslabs - 1) // nslabs
+    for t in numba.prange(nslabs):
         start = t * per
         stop = min(n, start + per)
         raster = partial[t]
@@ -64,14 +66,17 @@ def _density_raster_body(x, mean, basis, xedges, yedges, out):
             row = _cell(v, yedges, yedges[0], inv_wy, ny)
             if col >= 0 and row >= 0:
                 raster[row, col] += 1
-    for t in range(nthreads):
+    for t in range(nslabs):
         for r in range(ny):
             for c in range(nx):
                 out[r, c] += partial[t, r, c]
 
 
+# Only the serial variant is cached: numba's cache of parallel=True functions
+# is unreliable (pynndescent PR #175). nslabs is passed in because
+# numba.get_num_threads() in the body is a dynamic global and blocks caching.
 _density_raster_par = numba.njit(parallel=True)(_density_raster_body)
-_density_raster_ser = numba.njit(_density_raster_body)
+_density_raster_ser = numba.njit(cache=True)(_density_raster_body)
 
 
 def density_raster(x, mean, basis, window_lo, window_hi, nx, ny, out, parallel=True):
@@ -85,26 +90,25 @@ def density_raster(x, mean, basis, window_lo, window_hi, nx, ny, out, parallel=T
 
     Cells are half-open on every side (see the module docstring). Returns ``out``.
     """
-    if x.ndim != 2 or not x.flags.c_contiguous or x.dtype not in (np.float32, np.float64):
-        raise ValueError(f"x must be a C-contiguous float32/float64 (N, D) array, got {x.dtype} {x.shape}")
+    check_rows(x, "x")
     d = x.shape[1]
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     basis = np.ascontiguousarray(basis, dtype=np.float64)
-    if mean.shape != (d,):
-        raise ValueError(f"mean must have shape {(d,)}, got {mean.shape}")
-    if basis.shape != (2, d):
-        raise ValueError(f"basis must have shape {(2, d)}, got {basis.shape}")
+    check_shape(mean, "mean", (d,))
+    check_shape(basis, "basis", (2, d))
     if int(nx) < 1 or int(ny) < 1:
         raise ValueError(f"nx and ny must be >= 1, got nx={nx}, ny={ny}")
     lo = [float(window_lo[0]), float(window_lo[1])]
     hi = [float(window_hi[0]), float(window_hi[1])]
     if not all(np.isfinite(lo + hi)) or not (lo[0] < hi[0] and lo[1] < hi[1]):
         raise ValueError(f"window must be finite with window_lo < window_hi, got lo={lo}, hi={hi}")
-    if out.dtype != np.int64 or out.shape != (int(ny), int(nx)) or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous int64 array of shape {(int(ny), int(nx))}, got {out.dtype} {out.shape}")
+    check_out(out, "out", np.int64, (int(ny), int(nx)))
     xedges = linspace_edges(lo[0], hi[0], nx)
     yedges = linspace_edges(lo[1], hi[1], ny)
-    (_density_raster_par if parallel else _density_raster_ser)(x, mean, basis, xedges, yedges, out)
+    if parallel:
+        _density_raster_par(x, mean, basis, xedges, yedges, numba.get_num_threads(), out)
+    else:
+        _density_raster_ser(x, mean, basis, xedges, yedges, 1, out)
     return out
 
 

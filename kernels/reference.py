@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.histogram import component_histograms, histogram_1d, row_norms, uniform_edges
-from kernels.moments import block_moments
+from kernels.histogram import component_histograms, histogram_1d, uniform_edges
+from kernels.moments import block_moments, row_norms
 from kernels.raster import density_raster, linspace_edges
 
 __all__ = ["COMPARISONS"] + [f"{k}_{s}" for k in ("component_histograms", "histogram_1d", "row_norms",

@@ -52,10 +52,10 @@ def celeba_root(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A run with a cache of 300 synthetic faces, a 2-epoch model and its latents (a few seconds on CPU)."""
-    from engine.encode import encode
-    from engine.imagecache import prepare
-    from engine.model import ModelConfig
-    from engine.train import TrainConfig, train
+    from engine.model.encode import encode
+    from engine.data.imagecache import prepare
+    from engine.model.autoencoder import ModelConfig
+    from engine.model.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp("trained_run")
     prepare("synthetic:300", run, size=64, workers=1, progress=False)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from bench.harness import STAGES, main, run_bench
+from bench.profile import SIZES
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +76,34 @@ def test_unknown_stage_is_an_error(tmp_path):
     with pytest.raises(SystemExit) as e:  # the CLI says so in one line, exit status 2
         main(["--small", "--only", "no_such_stage", "--out", str(tmp_path)])
     assert e.value.code == 2
+
+
+def _bench_modules():
+    return {p.stem: ast.parse(p.read_text(), filename=str(p)) for p in sorted(BENCH.glob("*.py"))}
+
+
+def test_functions_are_short():
+    long = [f"{mod}.{n.name}: {n.end_lineno - n.lineno + 1} lines" for mod, tree in _bench_modules().items()
+            for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.end_lineno - n.lineno + 1 > 80]
+    assert not long, long
+
+
+def test_no_private_names_across_modules():
+    """A name another bench module needs is public; underscore names stay in their module."""
+    bad = []
+    for mod, tree in _bench_modules().items():
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("bench"):
+                bad += [f"{mod}: {n.module}.{a.name}" for a in n.names if a.name.startswith("_")]
+    assert not bad, bad
+
+
+def test_stages_read_sizes_from_the_profile():
+    """The small/full sizes live in bench.profile only: no stage branches on the profile itself."""
+    assert set(SIZES) == {"full", "small"}
+    for mod, tree in _bench_modules().items():
+        if mod.startswith("stages"):
+            names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+            keys = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+            assert "small" not in names and "small" not in keys, mod

@@ -10,16 +10,18 @@ import torch
 import zarr
 
 import cli
-from engine import encode as encode_mod
-from engine.encode import chunk_rows, encode, file_sha256
-from engine.store import open_latents
-from engine.imagecache import open_cache, prepare
-from engine.model import ModelConfig
-from engine.train import TrainConfig, load_checkpoint, train
+from engine.model import encode as encode_mod
+from engine.model.encode import chunk_rows, encode, file_sha256
+from engine.latents.store import open_latents
+from engine.data.imagecache import open_cache, prepare
+from engine.model.autoencoder import ModelConfig
+from engine.model.checkpoint import load_checkpoint
+from engine.model.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def small_model_run(tmp_path_factory):
+    """A 32 px cache with a 1-epoch model and no latents yet (conftest's ``trained_run`` has latents)."""
     run = tmp_path_factory.mktemp("enc") / "run"
     prepare("synthetic:300", run, size=32, workers=1, progress=False)
     train(run, TrainConfig(epochs=1, batch_size=32, device="cpu", grid_images=2),
@@ -36,17 +38,17 @@ def one_shot(run):
     return z.numpy(), mse.numpy()
 
 
-def test_encode_equals_one_shot_forward(trained_run, monkeypatch):
+def test_encode_equals_one_shot_forward(small_model_run, monkeypatch):
     monkeypatch.setattr(encode_mod, "chunk_rows", lambda d: 256)  # several blocks for 300 rows
-    attrs = encode(trained_run, batch_size=100, device="cpu", progress=False)
-    g = open_latents(trained_run)
-    z_ref, mse_ref = one_shot(trained_run)
+    attrs = encode(small_model_run, batch_size=100, device="cpu", progress=False)
+    g = open_latents(small_model_run)
+    z_ref, mse_ref = one_shot(small_model_run)
     np.testing.assert_allclose(g["z"][:], z_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(g["recon_mse"][:], mse_ref, rtol=1e-4, atol=1e-6)
-    cache = open_cache(trained_run)
+    cache = open_cache(small_model_run)
     assert g["ids"][:].tolist() == cache["ids"][:].tolist()
     np.testing.assert_array_equal(g["split"][:], cache["split"][:])
-    assert attrs["z_dim"] == 16 and attrs["checkpoint_sha256"] == file_sha256(trained_run / "checkpoints" / "best.pt")
+    assert attrs["z_dim"] == 16 and attrs["checkpoint_sha256"] == file_sha256(small_model_run / "checkpoints" / "best.pt")
     assert attrs["source"]["spec"] == "synthetic:300" and attrs["size"] == 32 and "crop" in attrs
 
 
@@ -56,12 +58,12 @@ def test_chunks_are_at_least_one_megabyte():
     assert chunk_rows(256) * 256 * 4 == 4 << 20
 
 
-def test_interrupted_encode_resumes(trained_run, tmp_path, monkeypatch):
+def test_interrupted_encode_resumes(small_model_run, tmp_path, monkeypatch):
     import shutil
 
     run = tmp_path / "run"
-    shutil.copytree(trained_run / "images.zarr", run / "images.zarr")
-    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
+    shutil.copytree(small_model_run / "images.zarr", run / "images.zarr")
+    shutil.copytree(small_model_run / "checkpoints", run / "checkpoints")
     monkeypatch.setattr(encode_mod, "chunk_rows", lambda d: 128)
     calls = []
     real = encode_mod.to_input

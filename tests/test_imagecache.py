@@ -7,8 +7,8 @@ import pytest
 import zarr
 from PIL import Image
 
-from engine.imagecache import TASK_ITEMS, open_cache, prepare
-from engine.sources import SourceError, SyntheticSource, open_source
+from engine.data.imagecache import TASK_ITEMS, open_cache, prepare
+from engine.data.sources import SourceError, SyntheticSource, open_source
 
 
 def test_round_trip_matches_direct_decoding(celeba_root, tmp_path):
@@ -122,7 +122,7 @@ def test_chunks_and_dtype(tmp_path):
 
 @pytest.mark.parametrize("holes", [[0], [5, 6, 7], [3, 40, 41, 99, 150, 151, 152, 199], list(range(100, 200))])
 def test_compaction_equals_boolean_indexing(tmp_path, holes):
-    from engine.imagecache import _compact
+    from engine.data.imagecache import _compact
 
     rng = np.random.default_rng(len(holes))
     data = rng.integers(0, 255, (200, 2, 2, 3), dtype=np.uint8)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import judge
-from engine.sources import crop_resize
-from engine.synthetic import render_block
-from conftest import CELEBA_SUBSET, requires_celeba
+from engine.generation import judge
+from engine.data.sources import crop_resize
+from engine.data.synthetic import render_block
+from tests.conftest import CELEBA_SUBSET, requires_celeba
 
 Z = 1.959963984540054
 
@@ -167,7 +167,7 @@ def test_load_images_skips_corrupt_file(tmp_path, caplog):
     for k, f in enumerate(faces):
         Image.fromarray(f).save(tmp_path / f"{k}.png")
     (tmp_path / "9.png").write_bytes(b"not a png")
-    with caplog.at_level("WARNING", logger="engine.judge"):
+    with caplog.at_level("WARNING", logger="engine.generation.judge"):
         got = judge.load_images(tmp_path)
     assert got.shape == (3, 96, 96, 3)
     assert "skipped 1 of 4" in caplog.text, caplog.text

@@ -8,9 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.histogram import (component_histograms, component_histograms_serial, histogram_1d,
-                               row_norms_serial, uniform_edges)
-from kernels.moments import block_moments, covariance, merge_moments
+from kernels.histogram import component_histograms, component_histograms_serial, histogram_1d, uniform_edges
+from kernels.moments import block_moments, covariance, merge_moments, row_norms_serial
 from kernels.raster import density_raster, density_raster_serial
 from kernels.reference import COMPARISONS
 
@@ -104,6 +103,28 @@ def test_histogram_rejects_bad_arguments():
         component_histograms(x, 0.0, 1.0, 4, np.zeros((2, 5), np.int64))
     with pytest.raises(ValueError, match="C-contiguous"):
         component_histograms(np.zeros((3, 4), np.float32)[:, ::2], 0.0, 1.0, 4, np.zeros((2, 4), np.int64))
+
+
+def test_argument_errors_name_parameter_got_and_allowed():
+    x = np.zeros((3, 4), np.float32)
+    # Each message names the parameter, what was passed and what is allowed.
+    with pytest.raises(ValueError, match=r"x must be a C-contiguous float32/float64 \(N, D\) array, "
+                                         r"got int32 array of shape \(3, 4\), C-contiguous"):
+        row_norms_serial(x.astype(np.int32), np.empty(3))
+    with pytest.raises(ValueError, match=r"x must .* got float32 array of shape \(4, 3\), not C-contiguous"):
+        row_norms_serial(x.T, np.empty(4))
+    with pytest.raises(ValueError, match=r"x must .* got list \(not a numpy array\)"):
+        block_moments([[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous float64 array of shape \(3,\), "
+                                         r"got float32 array of shape \(3,\)"):
+        row_norms_serial(x, np.empty(3, np.float32))
+    with pytest.raises(ValueError, match=r"v must be a C-contiguous float32/float64 \(N,\) array, got float32 array of shape \(3, 4\)"):
+        histogram_1d(x, 0.0, 1.0, 4, np.zeros(4, np.int64))
+    # A strided out would be reshaped into a copy and the counts silently lost.
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous int64 array of shape \(4,\), .*not C-contiguous"):
+        histogram_1d(x[:, 0].copy(), 0.0, 1.0, 4, np.zeros(8, np.int64)[::2])
+    with pytest.raises(ValueError, match=r"basis must have shape \(2, 4\), got shape \(3, 4\)"):
+        density_raster(x, np.zeros(4), np.zeros((3, 4)), (0, 0), (1, 1), 2, 2, np.zeros((2, 2), np.int64))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

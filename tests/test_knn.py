@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.knn import build_index, knn, recall_at_k
+from engine.analysis.knn import build_index, knn, recall_at_k
 
 
 def brute(x, k):

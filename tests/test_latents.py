@@ -7,8 +7,9 @@ import pytest
 import zarr
 
 import cli
-from engine.store import open_latents
-from engine.latents import LatentsError, import_latents
+from engine.latents.store import open_latents
+from engine.latents.importer import import_latents
+from engine.latents.store import LatentsError
 
 
 @pytest.fixture

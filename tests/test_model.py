@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.model import Autoencoder, ModelConfig
-from engine.precision import resolve_precision
-from engine.train import loss_fn
+from engine.model.autoencoder import Autoencoder, ModelConfig
+from engine.model.precision import resolve_precision
+from engine.model.train import loss_fn
 
 
 def test_shapes_follow_the_study():

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-import engine.compare
+import engine.pipeline
 from engine.pipeline import OUTPUTS, STAGES, run, stage_keys, profile_for
-from engine.store import open_latents
-from engine.train import load_checkpoint
+from engine.latents.store import open_latents
+from engine.model.checkpoint import load_checkpoint
 from tests.conftest import TINY
 
 
@@ -50,7 +50,7 @@ def test_skip_rerun_and_resume(tmp_path, caplog, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine.compare, "compare", interrupted)
+    monkeypatch.setattr(engine.pipeline, "compare", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, **opts)
     state = _state(tmp_path)

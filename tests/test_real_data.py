@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import CELEBA_SUBSET, requires_celeba
-from engine.encode import encode
-from engine.store import open_latents
-from engine.imagecache import open_cache, prepare
-from engine.model import ModelConfig
-from engine.train import TrainConfig, train
+from tests.conftest import CELEBA_SUBSET, requires_celeba
+from engine.model.encode import encode
+from engine.latents.store import open_latents
+from engine.data.imagecache import open_cache, prepare
+from engine.model.autoencoder import ModelConfig
+from engine.model.train import TrainConfig, train
 
 
 @requires_celeba()

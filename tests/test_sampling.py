@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sstats
 
-from engine.sampling import SAMPLERS, Sampler, SamplerConfig
+from engine.generation.sampling import SAMPLERS, Sampler, SamplerConfig
 
 D = 6
 
@@ -105,11 +105,11 @@ def test_bad_names_and_settings():
 def test_generate_decodes_every_sampler(tmp_path):
     import json
 
-    from engine.encode import encode
-    from engine.generate import generate
-    from engine.imagecache import prepare
-    from engine.model import ModelConfig
-    from engine.train import TrainConfig, train
+    from engine.model.encode import encode
+    from engine.generation.generate import generate
+    from engine.data.imagecache import prepare
+    from engine.model.autoencoder import ModelConfig
+    from engine.model.train import TrainConfig, train
 
     prepare("synthetic:200", tmp_path, size=32, workers=1, progress=False)
     train(tmp_path, TrainConfig(epochs=1, batch_size=32, device="cpu", grid_images=2),

@@ -10,8 +10,9 @@ import zarr
 from PIL import Image
 from scipy import stats as sstats
 
-from engine.latents import import_latents
-from engine.stats import StatsConfig, compute_stats, sigma_probability
+from engine.latents.importer import import_latents
+from engine.analysis.distributions import sigma_probability
+from engine.analysis.stats import StatsConfig, compute_stats
 
 D = 24
 DOMINANT = {5: (5.0, 4.0), 17: (-3.0, 3.0)}  # index: (centre, width), as the study saw them
@@ -161,7 +162,7 @@ def test_nan_rows_in_the_store_are_an_error(tmp_path):
 
 
 def test_in_sample_reference_is_exact_when_n_is_a_few_times_d():
-    from engine.stats import MahalanobisReference, ks_distance
+    from engine.analysis.distributions import MahalanobisReference, ks_distance
 
     rng = np.random.default_rng(3)
     n, d = 600, 240

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
-from engine.latents import import_latents
-from engine.structure import StructureConfig, compute_structure
+from engine.latents.importer import import_latents
+from engine.analysis.structure import StructureConfig, compute_structure
 
 
 def store(tmp_path, z):
@@ -40,7 +40,7 @@ def test_normal_cloud_gives_no_difference(tmp_path):
 
 
 def test_occupied_region_is_the_95_percent_ellipse():
-    from engine.planes import occupied_mask
+    from engine.analysis.planes import occupied_mask
 
     share = occupied_mask(np.eye(2), side=10.0, bins=400).mean()
     assert share == pytest.approx(np.pi * 5.991 / 100, abs=0.003)

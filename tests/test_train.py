@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.feed import BatchFeed
-from engine.imagecache import open_cache, prepare
-from engine.model import ModelConfig
-from engine.train import TrainConfig, load_checkpoint, train
+from engine.data.feed import BatchFeed
+from engine.data.imagecache import open_cache, prepare
+from engine.model.autoencoder import ModelConfig
+from engine.model.checkpoint import load_checkpoint
+from engine.model.train import TrainConfig, train
 
 TINY = ModelConfig(size=32, z_dim=8, widths=(4, 8, 8, 8))
 

@@ -1,0 +1,42 @@
+"""The two size profiles of the benchmark, in one place: ``full`` (the committed results) and ``small``
+(``--small``, for CI). Every stage reads its sizes and repeat counts from here, so a profile is changed
+by editing one ``Sizes``; how long ``--small`` takes is stated in the docstring of ``bench.harness``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    images: int  # JPEGs decoded by prepare (the CelebA subset holds 6,000)
+    prepare_repeat: int
+    prepare_one_worker: bool  # also time prepare with one worker (too small to mean anything in CI)
+    cache_images: int | None  # images in the cache that train_feed and encode read; None: all of ``images``
+    train_steps: int
+    cuda_train_steps: int
+    encode_repeat: int
+    kernels_rows: int  # the latent cloud of the in-memory kernels (202,599: all of CelebA)
+    stats: tuple[tuple[int, str], ...]  # (rows, what the row measures) of the end-to-end stats runs
+    knn_rows: int
+    local_pca_rows: int
+    local_pca_baseline_rows: int  # the baseline runs on this many neighbourhoods, scaled linearly
+    tsne_rows: int
+    tsne_iters: int
+    structure_rows: int
+
+
+SIZES: dict[str, Sizes] = {
+    "full": Sizes(images=6000, prepare_repeat=2, prepare_one_worker=True, cache_images=None, train_steps=40,
+                  cuda_train_steps=100, encode_repeat=2, kernels_rows=202_599,
+                  stats=((202_599, "time"), (1_000_000, "memory")), knn_rows=50_000, local_pca_rows=202_599,
+                  local_pca_baseline_rows=1024, tsne_rows=10_000, tsne_iters=750, structure_rows=202_599),
+    "small": Sizes(images=512, prepare_repeat=1, prepare_one_worker=False, cache_images=256, train_steps=3,
+                   cuda_train_steps=10, encode_repeat=1, kernels_rows=20_000, stats=((20_000, "time"),),
+                   knn_rows=5_000, local_pca_rows=20_000, local_pca_baseline_rows=64, tsne_rows=1_000,
+                   tsne_iters=250, structure_rows=5_000),
+}
+
+
+def profile(small: bool) -> Sizes:
+    return SIZES["small" if small else "full"]

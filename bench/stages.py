@@ -1,0 +1,22 @@
+"""The registry of bench stages, in the order they run and are reported: name -> function(ctx) -> rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bench.results import Row
+from bench.stages_analysis import stage_kernels, stage_knn, stage_local_pca, stage_stats, stage_structure, stage_tsne
+from bench.stages_data import stage_encode, stage_prepare, stage_train_feed
+
+STAGES: dict[str, Callable[[dict], list[Row]]] = {
+    "prepare": stage_prepare,
+    "train_feed": stage_train_feed,
+    "encode": stage_encode,
+    "kernels": stage_kernels,
+    "stats": stage_stats,
+    "knn": stage_knn,
+    "local_pca": stage_local_pca,
+    "tsne": stage_tsne,
+    "structure": stage_structure,
+}
+NEED_IMAGES = {"prepare", "train_feed", "encode"}  # the stages that read ctx["images"]

@@ -1,0 +1,106 @@
+"""Plane views as the study drew them: projections onto PCA planes and the plane of the two
+most dominant components, zoomed to windows of side 5, 1 and 0.5 around the centre, data
+beside the null model.
+
+The empty-cell share of a window counts raster cells with no point among the cells that
+lie inside the occupied region, taken as the 95% ellipse of the projected data's 2-D
+normal fit (so a window larger than the cloud is not "empty" outside it). Filaments
+around voids would show as more empty cells in the data than in the null.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import stats as sstats
+
+from engine.analysis.gaussian import GaussianFit
+from engine.figures import subplots
+from kernels.raster import density_raster
+
+PCA_PLANES = ((1, 2), (1, 18), (8, 35))  # 1-based, as the study numbers them
+WINDOWS = (5.0, 1.0, 0.5)  # window sides; 0.5 is the study's +-0.25 square
+BINS = 100
+
+
+def plane_bases(d: int, eigvec: np.ndarray, dominant: list[int]) -> list[tuple[str, np.ndarray]]:
+    """(name, float64 (2, D) basis) for each plane that exists in ``d`` dimensions."""
+    planes = []
+    for i, j in PCA_PLANES:
+        if j <= d:
+            planes.append((f"PC{i} x PC{j}", np.ascontiguousarray(eigvec[:, [i - 1, j - 1]].T)))
+    if len(dominant) >= 2:
+        a, b = dominant[:2]
+        basis = np.zeros((2, d))
+        basis[0, a] = basis[1, b] = 1.0
+        planes.append((f"z[{a}] x z[{b}] (dominant)", basis))
+    return planes
+
+
+def occupied_mask(cov2: np.ndarray, side: float, bins: int = BINS, p: float = 0.95) -> np.ndarray:
+    """bool (bins, bins): cells whose centre lies inside the p-ellipse of a centred 2-D normal."""
+    c = (np.arange(bins) + 0.5) / bins * side - side / 2
+    u, v = np.meshgrid(c, c)  # rows = v, columns = u, as the raster kernel lays them out
+    pts = np.stack([u.ravel(), v.ravel()], 1)
+    d2 = np.einsum("ij,jk,ik->i", pts, np.linalg.pinv(cov2), pts)
+    return (d2 <= sstats.chi2.ppf(p, 2)).reshape(bins, bins)
+
+
+def plane_figure_name(plane: str) -> str:
+    """``plane_PC1_x_PC2.png`` for the plane named ``PC1 x PC2``."""
+    return "plane_" + "".join(ch if ch.isalnum() else "_" for ch in plane.split(" (")[0]).strip("_") + ".png"
+
+
+def plane_views(out_dir: Path, x: np.ndarray, null: np.ndarray, fit: GaussianFit,
+                dominant: list[int]) -> tuple[list[dict], list[str]]:
+    """Rasters, empty-cell shares and one figure per plane; returns (summaries, figure names).
+
+    Each summary names its figure (``figure``), so readers never rebuild file names.
+    """
+    summaries, figs = [], []
+    mean = fit.mean_
+    for name, basis in plane_bases(x.shape[1], fit.eigenvectors_, dominant):
+        proj_cov = basis @ fit.covariance_ @ basis.T
+        fig, axes = subplots(2, len(WINDOWS), figsize=(4 * len(WINDOWS), 7.6))
+        row = {"plane": name, "figure": plane_figure_name(name), "windows": []}
+        for col, side in enumerate(WINDOWS):
+            lo, hi = np.array([-side / 2] * 2), np.array([side / 2] * 2)
+            mask = occupied_mask(proj_cov, side)
+            shares = {}
+            for r, (label, cloud) in enumerate((("data", x), ("null", null))):
+                raster = np.zeros((BINS, BINS), np.int64)
+                density_raster(cloud, mean, basis, lo, hi, BINS, BINS, raster)
+                inside = raster[mask]
+                shares[label] = float((inside == 0).mean()) if inside.size else float("nan")
+                shares[f"{label}_points"] = int(raster.sum())
+                ax = axes[r, col]
+                ax.imshow(np.log1p(raster), origin="lower", extent=(-side / 2, side / 2, -side / 2, side / 2),
+                          cmap="Blues" if label == "data" else "Oranges", interpolation="nearest")
+                ax.set_title(f"{label}: side {side:g}, {shares[f'{label}_points']:,} pts, "
+                             f"{shares[label]:.0%} empty", fontsize=9)
+                ax.set_xlabel("first axis (centred)")
+                ax.set_ylabel("second axis (centred)")
+            row["windows"].append({"side": side, "empty_share_data": shares["data"], "empty_share_null": shares["null"],
+                                   "points_data": shares["data_points"], "points_null": shares["null_points"],
+                                   "occupied_cells": int(mask.sum())})
+        fig.suptitle(f"{name}: data (top) and fitted-normal null (bottom); empty cells inside the 95% ellipse",
+                     fontsize=10)
+        fig.tight_layout()
+        fname = row["figure"]
+        fig.savefig(out_dir / fname, dpi=100)
+        figs.append(fname)
+        summaries.append(row)
+    return summaries, figs
+
+
+def dominant_components(run: Path, std: np.ndarray) -> list[int]:
+    """The two most dominant components from stats.json when `zspace stats` ran, else the two widest (``std``)."""
+    path = run / "stats" / "stats.json"
+    if path.exists():
+        stats = json.loads(path.read_text())
+        dom = stats.get("dominant", [])
+        if len(dom) >= 2:
+            return sorted(dom, key=lambda j: -stats["components"][j]["std"])[:2]
+    return [int(j) for j in np.argsort(-np.asarray(std))[:2]]

@@ -1,0 +1,286 @@
+"""Latent statistics: everything the study measured on the z-point cloud, on all points, streamed.
+
+Three passes over ``latents.zarr`` in row blocks, so memory does not grow with
+the number of columns times N (only a few (N,) float vectors are held):
+
+1. block moments (count, mean, co-moments, merged pairwise), per-component
+   min/max, the L2 radius of every row;
+2. per-component histograms, PCA coordinates (written to ``latents.zarr`` as
+   ``pca``), Mahalanobis distances, moments of the inner core, 2D rasters of
+   the most correlated pairs;
+3. Mahalanobis distances of the core points against the core's own fit.
+
+"k-sigma ellipsoid" means the Mahalanobis ellipsoid of the fitted normal that
+holds the probability of +-k sigma in one dimension (68.27%, 95.45%, 99.73%),
+i.e. squared radius ``chi2.ppf(p_k, dof)`` for large N (the exact in-sample
+Beta law, ``MahalanobisReference``, is used for any N); in 256 dimensions a
+radius of k itself would hold almost nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from engine.analysis.distributions import (MahalanobisReference, fit_gaussian, normality_summary, robust_sigma,
+                                           sigma_probability)
+from engine.analysis.gaussian import GaussianFit
+from engine.analysis.stats_figures import stats_figures
+from engine.analysis.config import StatsConfig
+from engine.files import write_json_atomic
+from engine.layout import latents_path, stage_dir
+from engine.latents.store import create_rows_array, iter_blocks, open_latents
+from kernels.histogram import component_histograms, histogram_1d, uniform_edges
+from kernels.moments import block_moments, covariance, merge_moments, row_norms
+from kernels.raster import density_raster
+
+logger = logging.getLogger(__name__)
+
+
+def detect_dominant(mean: np.ndarray, std: np.ndarray, cfg: StatsConfig) -> tuple[np.ndarray, dict]:
+    """Components whose centre or width stands out from the bulk of the others.
+
+    dominant = |mean_j - median(mean)| > max(a * MADsigma(mean), b * median(std))
+            or std_j - median(std) > max(c * MADsigma(std), e * median(std))
+    """
+    med_m, med_s = float(np.median(mean)), float(np.median(std))
+    centre_thr = max(cfg.dominant_centre_mads * robust_sigma(mean), cfg.dominant_centre_min * med_s)
+    width_thr = max(cfg.dominant_width_mads * robust_sigma(std), cfg.dominant_width_min * med_s)
+    flags = (np.abs(mean - med_m) > centre_thr) | (std - med_s > width_thr)
+    rule = {
+        "rule": (
+            "dominant if |mean - median(mean)| > max(a * 1.4826 * MAD(mean), b * median(std)) "
+            "or std - median(std) > max(c * 1.4826 * MAD(std), e * median(std))"
+        ),
+        "a": cfg.dominant_centre_mads, "b": cfg.dominant_centre_min,
+        "c": cfg.dominant_width_mads, "e": cfg.dominant_width_min,
+        "median_mean": med_m, "median_std": med_s,
+        "centre_threshold": centre_thr, "width_threshold": width_thr,
+    }
+    return flags, rule
+
+
+def _moments_pass(z, rows, progress: bool, where) -> tuple[GaussianFit, np.ndarray, np.ndarray, np.ndarray]:
+    """Pass 1: the fitted normal (merged block moments), per-component min/max, the radius of every row."""
+    n, d = z.shape
+    n_acc, mean_acc, m_acc = 0, np.zeros(d), np.zeros((d, d))
+    lo, hi = np.full(d, np.inf), np.full(d, -np.inf)
+    radius = np.empty(n, np.float64)
+    for start, x in iter_blocks(z, rows, progress, "stats 1/3"):
+        if not np.isfinite(x).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+            raise ValueError(f"{where}: row {bad} of z holds NaN or inf; re-import with --drop-nonfinite")
+        n_acc, mean_acc, m_acc = merge_moments(n_acc, mean_acc, m_acc, *block_moments(x))
+        np.minimum(lo, x.min(axis=0), out=lo)
+        np.maximum(hi, x.max(axis=0), out=hi)
+        row_norms(x, radius[start : start + len(x)])
+    return GaussianFit().fit_moments(n_acc, mean_acc, m_acc), lo, hi, radius
+
+
+def correlation(cov: np.ndarray) -> np.ndarray:
+    """Correlation matrix of a covariance; constant components correlate 0 with the others."""
+    std = np.sqrt(np.diag(cov))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = cov / np.outer(std, std)
+    corr[~np.isfinite(corr)] = 0.0
+    np.fill_diagonal(corr, 1.0)
+    return corr
+
+
+def strongest_pairs(corr: np.ndarray, std: np.ndarray, cfg: StatsConfig):
+    """The ``top_pairs`` strongest |r| pairs (i, j, r), and a +-4 sigma raster window for the first ``pair_plots``."""
+    iu = np.triu_indices(len(corr), 1)
+    order = np.argsort(-np.abs(corr[iu]), kind="stable")
+    top = [(int(iu[0][k]), int(iu[1][k]), float(corr[iu][k])) for k in order[: cfg.top_pairs]]
+    windows = []
+    for i, j, _ in top[: cfg.pair_plots]:
+        half = 4.0 * np.array([std[i], std[j]])
+        windows.append((i, j, -half, half))
+    return top, windows
+
+
+def _projection_pass(z, fit: GaussianFit, grid: tuple[float, float, int], windows, r3: float, pca_arr, cfg,
+                     progress: bool):
+    """Pass 2: histograms, PCA coordinates, Mahalanobis distances, core moments, pair rasters."""
+    n, d = z.shape
+    e_lo, w, nbins = grid
+    counts = np.zeros((d, nbins), np.int64)
+    rasters = np.zeros((len(windows), cfg.pair_bins, cfg.pair_bins), np.int64)
+    bases = []
+    for i, j, _, _ in windows:
+        b = np.zeros((2, d))
+        b[0, i] = b[1, j] = 1.0
+        bases.append(b)
+    d2 = np.empty(n, np.float64)
+    core_n, core_mean, core_m = 0, np.zeros(d), np.zeros((d, d))
+    for start, x in iter_blocks(z, cfg.block_rows, progress, "stats 2/3"):
+        component_histograms(x, e_lo, w, nbins, counts)
+        y = fit.project(x)
+        if pca_arr is not None:
+            pca_arr[start : start + len(x)] = y.astype(np.float32)
+        y *= fit.inv_sqrt_  # whitened in place: one (rows, D) temporary per block, not three
+        db = np.einsum("ij,ij->i", y, y)
+        del y
+        d2[start : start + len(x)] = db
+        core_n, core_mean, core_m = merge_moments(core_n, core_mean, core_m, *block_moments(x[db <= r3]))
+        for k, (i, j, wlo, whi) in enumerate(windows):
+            density_raster(x, fit.mean_, bases[k], wlo, whi, cfg.pair_bins, cfg.pair_bins, rasters[k])
+    return counts, rasters, d2, GaussianFit().fit_moments(core_n, core_mean, core_m)
+
+
+def _core_pass(z, d2: np.ndarray, r3: float, core: GaussianFit, cfg, progress: bool) -> np.ndarray:
+    """Pass 3: squared Mahalanobis distances of the core points against the core's own fit."""
+    core_d2 = np.empty(core.n_samples_, np.float64)
+    pos = 0
+    for start, x in iter_blocks(z, cfg.block_rows, progress, "stats 3/3"):
+        x = x[d2[start : start + len(x)] <= r3]
+        core_d2[pos : pos + len(x)] = core.mahalanobis2(x)
+        pos += len(x)
+    return core_d2
+
+
+def _radius_summary(radius: np.ndarray, fit: GaussianFit, cfg: StatsConfig) -> tuple[dict, list]:
+    """The radius distribution at each bin width, its peak, and the expectation sqrt(sum(mu^2 + var))."""
+    expected = float(np.sqrt(np.sum(fit.mean_**2 + fit.std_**2)))
+    hists = []
+    for rw in cfg.radius_bin_widths:
+        rn = max(1, int(math.ceil(radius.max() / rw + 1e-9)))
+        rc = np.zeros(rn, np.int64)
+        histogram_1d(radius, 0.0, rw, rn, rc)
+        hists.append((rw, uniform_edges(0.0, rw, rn), rc))
+    rw0, redges0, rc0 = hists[0]
+    info = {
+        "peak": float(redges0[rc0.argmax()] + rw0 / 2),
+        "peak_by_bin_width": {str(rw): float(e[c.argmax()] + rw / 2) for rw, e, c in hists},
+        "mean": float(radius.mean()), "min": float(radius.min()), "max": float(radius.max()),
+        "std": float(radius.std()),
+        "expected": expected, "sqrt_d": math.sqrt(len(fit.mean_)),
+        "formula": "expected = sqrt(sum_j (mean_j^2 + var_j))",
+    }
+    return info, hists
+
+
+def _components(counts, edges, n: int, fit: GaussianFit, lo, hi, cfg: StatsConfig) -> tuple[list[dict], np.ndarray, dict]:
+    """Per-component number density, Gaussian fit and the dominant flag."""
+    w = cfg.bin_width
+    centres = edges[:-1] + w / 2
+    density = counts / (n * w)
+    dominant, rule = detect_dominant(fit.mean_, fit.std_, cfg)
+    components = []
+    for j in range(len(fit.mean_)):
+        gfit = fit_gaussian(centres, density[j], fit.mean_[j], fit.std_[j])
+        components.append({"index": j, "mean": float(fit.mean_[j]), "std": float(fit.std_[j]), "min": float(lo[j]),
+                           "max": float(hi[j]), **gfit, "dominant": bool(dominant[j])})
+    return components, dominant, rule
+
+
+def _pca_summary(fit: GaussianFit, write_pca: bool) -> tuple[dict, np.ndarray, np.ndarray]:
+    eigval = fit.eigenvalues_
+    ratios = eigval / eigval.sum() if eigval.sum() > 0 else np.zeros(len(eigval))
+    cum = np.cumsum(ratios)
+    need = {f"n_components_{int(p * 100)}": int(min(len(eigval), np.searchsorted(cum, p - 1e-12) + 1))
+            for p in (0.5, 0.9, 0.99)}
+    return ({"explained_variance_ratio": ratios.tolist(), "explained_variance": eigval.tolist(), **need,
+             "rank": fit.rank_, "coordinates": "latents.zarr/pca" if write_pca else None}, ratios, cum)
+
+
+def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None, progress: bool = True) -> dict:
+    """Measure the latent cloud of ``run_dir`` and write ``RUN/stats/``; returns the stats.json content."""
+    cfg = config or StatsConfig()
+    run = Path(run_dir)
+    group = open_latents(run)
+    z = group["z"]
+    n, d = z.shape
+    if n < 2:
+        raise ValueError(f"{latents_path(run)} has {n} rows; statistics need at least 2")
+    out_dir = stage_dir(run, "stats")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    fit, lo, hi, radius = _moments_pass(z, cfg.block_rows, progress, latents_path(run))
+    corr = correlation(fit.covariance_)
+    w = cfg.bin_width
+    e_lo = math.floor(lo.min() / w) * w
+    nbins = max(1, int(math.ceil((hi.max() - e_lo) / w - 1e-9)))
+    top, windows = strongest_pairs(corr, fit.std_, cfg)
+    r3 = float(MahalanobisReference(n, fit.rank_).ppf(sigma_probability(3)))
+    latents = zarr.open_group(latents_path(run), mode="r+")
+    pca_arr = create_rows_array(latents, "pca", n, d) if cfg.write_pca else None
+    counts, rasters, d2, core = _projection_pass(z, fit, (e_lo, w, nbins), windows, r3, pca_arr, cfg, progress)
+    core_d2 = _core_pass(z, d2, r3, core, cfg, progress)
+
+    edges = uniform_edges(e_lo, w, nbins)
+    components, dominant, rule = _components(counts, edges, n, fit, lo, hi, cfg)
+    radius_info, radius_hists = _radius_summary(radius, fit, cfg)
+    pca, ratios, cum = _pca_summary(fit, cfg.write_pca)
+    core_summary = normality_summary(core_d2, core.rank_)
+    core_summary["share_of_points"] = core.n_samples_ / n
+    core_summary["cut"] = "points with Mahalanobis distance inside the 3-sigma ellipsoid of the full fit, refitted"
+    iu = np.triu_indices(d, 1)
+    result = {
+        "n": int(n), "d": int(d), "source": dict(group.attrs).get("source"),
+        "config": {**asdict(cfg), "radius_bin_widths": list(cfg.radius_bin_widths)},
+        "components": components,
+        "dominant": [int(j) for j in np.flatnonzero(dominant)],
+        "dominant_rule": rule,
+        "radius": radius_info,
+        "correlation": {
+            "top_pairs": [{"i": i, "j": j, "r": r} for i, j, r in top],
+            "mean_abs_r": float(np.abs(corr[iu]).mean()) if d > 1 else 0.0,
+            "max_abs_r": float(np.abs(corr[iu]).max()) if d > 1 else 0.0,
+        },
+        "pca": pca,
+        "normality": {"definition": ("k-sigma ellipsoid: Mahalanobis radius^2 = reference.ppf(erf(k/sqrt(2))), the "
+                                    "reference being chi2(dof) for large n, exactly a scaled Beta in-sample"),
+                      "full": normality_summary(d2, fit.rank_), "core": core_summary},
+        "seconds": time.perf_counter() - t0,
+    }
+    _write_tables(out_dir, latents, result, fit, corr, edges, counts, radius_hists, rasters, windows, ratios, cum)
+    result["figures"] = (stats_figures(out_dir, result, edges, counts, radius_hists, corr, rasters, windows,
+                                       fit.covariance_) if cfg.figures else [])
+    result["seconds"] = time.perf_counter() - t0
+    write_json_atomic(out_dir / "stats.json", result)
+    logger.info("stats of %d x %d latents in %.1f s: %d dominant components %s, radius peak %.2f (expected %.2f)",
+                n, d, result["seconds"], len(result["dominant"]), result["dominant"], radius_info["peak"],
+                radius_info["expected"])
+    return result
+
+
+def _write_tables(out_dir: Path, latents, result, fit: GaussianFit, corr, edges, counts, radius_hists, rasters,
+                  windows, ratios, cum) -> None:
+    """Arrays and CSV tables beside stats.json; the principal axes into latents.zarr."""
+    cov = fit.covariance_
+    np.save(out_dir / "covariance.npy", cov)
+    np.save(out_dir / "correlation.npy", corr)
+    np.savez(out_dir / "density.npz", edges=edges, counts=counts,
+             **{f"radius_edges_{rw}": e for rw, e, _ in radius_hists},
+             **{f"radius_counts_{rw}": c for rw, _, c in radius_hists})
+    np.savez(out_dir / "pairs.npz", rasters=rasters, pairs=np.array([(i, j) for i, j, _, _ in windows]).reshape(-1, 2),
+             lo=np.array([p[2] for p in windows]).reshape(-1, 2), hi=np.array([p[3] for p in windows]).reshape(-1, 2),
+             cov=np.array([cov[np.ix_([i, j], [i, j])] for i, j, _, _ in windows]).reshape(-1, 2, 2))
+    for name, arr in (("pca_mean", fit.mean_), ("pca_components", fit.eigenvectors_.T),
+                      ("pca_variance", fit.eigenvalues_)):
+        a = latents.create_array(name, shape=arr.shape, dtype="float64", overwrite=True)
+        a[...] = arr
+    _write_csv(out_dir / "components.csv", result["components"])
+    _write_csv(out_dir / "top_pairs.csv", result["correlation"]["top_pairs"])
+    _write_csv(out_dir / "pca.csv", [{"component": k + 1, "explained_variance_ratio": float(r), "cumulative": float(c)}
+                                     for k, (r, c) in enumerate(zip(ratios, cum))])
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        path.write_text("")
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)

@@ -1,0 +1,122 @@
+"""Bring your own latents: any (N, D) numeric array in .npy, .npz or Zarr becomes ``RUN/latents.zarr``.
+
+So zspace analyses latents of any model, not only its own encoder's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from engine.layout import latents_path
+from engine.latents.store import LatentsError, create_rows_array, iter_blocks
+
+logger = logging.getLogger(__name__)
+
+
+def _open_input(path: Path):
+    """The (N, D) array in ``path``, lazily where the format allows."""
+    name = path.name.lower()
+    if name.endswith(".npy"):
+        return np.load(path, mmap_mode="r")
+    if name.endswith(".npz"):
+        with np.load(path) as f:
+            keys = list(f.keys())
+            if not keys:
+                raise LatentsError(f"{path} holds no arrays")
+            key = "z" if "z" in keys else keys[0]
+            if len(keys) > 1 and key != "z":
+                logger.warning("%s holds %s; using %r (name the latents 'z' to choose)", path, keys, key)
+            return f[key]
+    if name.endswith(".zarr") or path.is_dir():
+        node = zarr.open(path, mode="r")
+        if isinstance(node, zarr.Group):
+            if "z" not in node:
+                raise LatentsError(f"{path} is a Zarr group without a 'z' array (has {sorted(node.array_keys())})")
+            node = node["z"]
+        return node
+    raise LatentsError(f"{path}: expected a .npy, .npz or .zarr file of shape (N, D)")
+
+
+def import_latents(
+    file: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    drop_nonfinite: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write the (N, D) array in ``file`` to ``RUN/latents.zarr`` as float32 ``z``.
+
+    Rank other than 2, non-numeric dtypes and rows holding NaN or inf raise
+    ``LatentsError`` naming the file, the shape and the first bad row; with
+    ``drop_nonfinite`` such rows are dropped, counted and listed (first 100)
+    instead. ``ids`` records each kept row's index in the input.
+    """
+    path = Path(file)
+    if not path.exists():
+        raise FileNotFoundError(f"latents file {path} does not exist")
+    arr = _open_input(path)
+    shape = tuple(arr.shape)
+    if len(shape) != 2:
+        raise LatentsError(f"{path}: latents must have shape (N, D), got shape {shape} (rank {len(shape)})")
+    n, d = shape
+    if n < 2 or d < 1:
+        raise LatentsError(f"{path}: need at least 2 rows and 1 column, got shape {shape}")
+    if np.dtype(arr.dtype).kind not in "fiub":
+        raise LatentsError(f"{path}: latents must be numeric, got dtype {arr.dtype} for shape {shape}")
+
+    out = latents_path(run_dir)
+    if out.exists():
+        if not overwrite:
+            raise ValueError(f"{out} exists: pass --overwrite to replace it with {path}")
+        shutil.rmtree(out)
+    tmp = out.with_name(out.name + ".importing")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    group = zarr.open_group(tmp, mode="w")
+    z = create_rows_array(group, "z", n, d)
+    keep_rows = []
+    dropped: list[int] = []
+    written = 0
+    rows = max(1, (64 << 20) // (4 * d))
+    for start, block in iter_blocks(arr, rows, progress=progress, desc="import"):
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            idx = start + np.flatnonzero(bad)
+            if not drop_nonfinite:
+                shutil.rmtree(tmp)
+                first = int(idx[0])
+                raise LatentsError(
+                    f"{path}: shape {shape}: row {first} holds non-finite values ({int(bad.sum())} bad rows in rows "
+                    f"{start}..{start + len(block) - 1} alone); fix the file or pass --drop-nonfinite"
+                )
+            dropped.extend(idx.tolist())
+            block = block[~bad]
+        z[written : written + len(block)] = block
+        keep_rows.append(start + np.flatnonzero(~bad))
+        written += len(block)
+    if written < 2:
+        shutil.rmtree(tmp)
+        raise LatentsError(f"{path}: shape {shape}: fewer than 2 finite rows")
+    z.resize((written, d))
+    ids = np.concatenate(keep_rows).astype(str)
+    a = group.create_array("ids", shape=(written,), chunks=(min(written, 65536),), dtype=str)
+    a[:] = ids
+    group.attrs.update(
+        source={"kind": "imported", "file": str(path.resolve()), "shape": list(shape), "dtype": str(arr.dtype)},
+        z_dim=d, n=written, dropped_nonfinite=len(dropped), dropped_rows=dropped[:100], complete=True,
+    )
+    os.replace(tmp, out)
+    if dropped:
+        logger.warning("dropped %d rows with NaN or inf (first: %s)", len(dropped), dropped[:5])
+    logger.info("imported %d x %d latents from %s into %s", written, d, path, out)
+    return dict(zarr.open_group(out, mode="r").attrs)
+
+
+__all__ = ["import_latents"]

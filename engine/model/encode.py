@@ -1,0 +1,146 @@
+"""Encoding every cached image into ``RUN/latents.zarr``.
+
+Layout (the latent-store contract, see README "Outputs" and engine.layout):
+  z          float32 (N, D), row chunks of ``chunk_rows(D)`` (>= 1 MB each)
+  ids        (N,) str
+  split      int8 (N,)
+  recon_mse  float32 (N,)  mean squared error of each image's reconstruction, pixels in [0, 1]
+  attrs      checkpoint sha256, source and preprocessing, z_dim, resume state
+
+Images are read one chunk-aligned block at a time and written as whole Z
+chunks, so memory is bounded by one block whatever N is. ``rows_done`` is
+saved after each block; an interrupted encode resumes there, and a finished
+one with the same checkpoint does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from engine.data.imagecache import open_cache
+from engine.layout import chunk_rows, default_checkpoint, latents_path
+from engine.model.precision import resolve_device, resolve_precision
+from engine.model.autoencoder import to_input
+from engine.model.checkpoint import load_checkpoint
+from engine.model.config import EncodeConfig
+
+logger = logging.getLogger(__name__)
+
+def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim: int) -> zarr.Group:
+    """The latent store to fill: the existing one when the same checkpoint made it from the same cache, else new."""
+    n = cache["images"].shape[0]
+    if out.exists():
+        try:
+            store = zarr.open_group(out, mode="r+")
+        except Exception:
+            store = None
+        if store is not None and store.attrs.get("checkpoint_sha256") == sha and store.attrs.get("n") == n:
+            return store
+        logger.info("%s was made by another checkpoint or cache: encoding again", out)
+        shutil.rmtree(out)
+    rows = chunk_rows(z_dim)
+    store = zarr.open_group(out, mode="w")
+    store.create_array("z", shape=(n, z_dim), chunks=(rows, z_dim), dtype="float32")
+    store.create_array("recon_mse", shape=(n,), chunks=(rows,), dtype="float32")
+    for name in ("split", "identity"):
+        if name in cache:
+            src = cache[name][:]
+            a = store.create_array(name, shape=(n,), chunks=(max(1, min(n, 65536)),), dtype=src.dtype)
+            a[:] = src
+    a = store.create_array("ids", shape=(n,), chunks=(max(1, min(n, 65536)),), dtype=str)
+    a[:] = cache["ids"][:]
+    store.attrs.update(
+        checkpoint=str(checkpoint), checkpoint_sha256=sha, checkpoint_epoch=int(ckpt["epoch"]),
+        z_dim=z_dim, n=n, source=cache.attrs["source"], size=int(cache.attrs["size"]),
+        crop=cache.attrs["crop"], model=ckpt["config"]["model"], loss=ckpt["config"]["train"]["loss"],
+        complete=False, rows_done=0, seconds=0.0,
+    )
+    return store
+
+
+@torch.no_grad()
+def encode_block(model, block: np.ndarray, dev, prec, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Latents float32 (n, D) and per-image reconstruction MSE float32 (n,) of uint8 images (n, S, S, 3)."""
+    zs = np.empty((len(block), model.config.z_dim), np.float32)
+    mse = np.empty(len(block), np.float32)
+    for i in range(0, len(block), batch_size):
+        # NHWC: 2x faster inference on CPU here, and the fast layout on CUDA
+        x = to_input(block[i : i + batch_size], dev, True)
+        with prec.autocast():
+            z = model.encode(x)
+            logits = model.decode_logits(z)
+        zs[i : i + len(x)] = z.float().cpu().numpy()
+        err = (torch.sigmoid(logits.float()) - x) ** 2
+        mse[i : i + len(x)] = err.flatten(1).mean(1).cpu().numpy()
+    return zs, mse
+
+
+def encode(
+    run_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = EncodeConfig.checkpoint,
+    batch_size: int | None = EncodeConfig.batch_size,
+    device: str = EncodeConfig.device,
+    precision: str = EncodeConfig.precision,
+    progress: bool = True,
+) -> dict:
+    """Write the latent of every image in the cache to ``RUN/latents.zarr``; returns its attributes.
+
+    ``checkpoint`` defaults to ``RUN/checkpoints/best.pt`` (else ``last.pt``).
+    ``batch_size`` defaults to 64 on CPU (cache-sized activations were fastest
+    there) and 1024 on CUDA.
+    """
+    run = Path(run_dir)
+    cache = open_cache(run)
+    images = cache["images"]
+    n = images.shape[0]
+    checkpoint = Path(default_checkpoint(run) if checkpoint is None else checkpoint)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    model, ckpt = load_checkpoint(checkpoint, dev)
+    model = model.to(memory_format=torch.channels_last)
+    batch_size = batch_size or (1024 if dev.type == "cuda" else 64)
+    z_dim = model.config.z_dim
+    if model.config.size != images.shape[1]:
+        raise ValueError(f"checkpoint expects {model.config.size}px images, the cache holds {images.shape[1]}px")
+    out = latents_path(run)
+    store = _open_store(out, cache, checkpoint, ckpt, file_sha256(checkpoint), z_dim)
+    if store.attrs.get("complete"):
+        logger.info("%s is complete (%d x %d); nothing to do", out, n, z_dim)
+        return dict(store.attrs)
+    z_arr, mse_arr = store["z"], store["recon_mse"]
+    rows = z_arr.chunks[0]  # whole chunks per write: a resumed encode never rewrites a finished chunk
+    done = int(store.attrs["rows_done"])
+    seconds = float(store.attrs["seconds"])
+    if done:
+        logger.info("resuming encode at row %d of %d", done, n)
+    t0 = time.perf_counter()
+    bar = tqdm(total=n, initial=done, unit="img", desc="encode", disable=None if progress else True, smoothing=0.1)
+    for start in range(done, n, rows):
+        stop = min(start + rows, n)
+        z_arr[start:stop], mse_arr[start:stop] = encode_block(model, images[start:stop], dev, prec, batch_size)
+        store.attrs.update(rows_done=stop, seconds=seconds + time.perf_counter() - t0)
+        bar.update(stop - start)
+    bar.close()
+    total = seconds + time.perf_counter() - t0
+    store.attrs.update(complete=True, seconds=total, images_per_second=n / max(total, 1e-9))
+    logger.info("encoded %d images into %s (%d x %d) in %.1f s", n, out, n, z_dim, total)
+    return dict(store.attrs)

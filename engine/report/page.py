@@ -1,0 +1,336 @@
+"""``zspace report``: one static page of every figure and number the stages wrote.
+
+RUN/report/index.html and report.md, grouped by the question each figure answers.
+Figures are copied into RUN/report/figures/ and linked by relative paths, so the
+report folder alone can be zipped and sent; the page needs no server, script or
+network. A stage that has not run leaves its section with the command that fills it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.analysis.planes import plane_figure_name
+from engine.data.sources import TEST
+from engine.latents.store import open_latents
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["write_report"]
+
+
+@dataclass
+class Figure:
+    src: Path  # the stage's file
+    title: str
+    caption: str  # what it shows; the numbers that go with it
+    wide: bool = False
+
+
+@dataclass
+class Section:
+    question: str
+    intro: str = ""
+    figures: list[Figure] = field(default_factory=list)
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)  # (title, header, rows)
+    missing: list[str] = field(default_factory=list)  # commands of stages not run yet
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _f(x, digits=3) -> str:
+    return f"{x:.{digits}g}" if isinstance(x, (int, float)) else str(x)
+
+
+def _test_mse(run: Path) -> float | None:
+    """Mean reconstruction MSE of the test split (all images when there is no split), from latents.zarr."""
+    try:
+        g = open_latents(run)
+        mse = g["recon_mse"][:]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    if "split" in g and (g["split"][:] == TEST).any():
+        mse = mse[g["split"][:] == TEST]
+    return float(np.mean(mse)) if len(mse) else None
+
+
+def _training(run: Path) -> Section:
+    s = Section("How well does the autoencoder reconstruct faces?")
+    log_path = run / "train" / "log.jsonl"
+    if not log_path.exists():
+        s.missing.append(f"zspace train --run {run}")
+        return s
+    log = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    cfg = _json(run / "train" / "config.json") or {}
+    model, train = cfg.get("model", {}), cfg.get("train", {})
+    first, last = log[0], log[-1]
+    ips = sorted(e.get("images_per_second", 0) for e in log)[len(log) // 2]
+    s.intro = (f"{model.get('size', '?')}x{model.get('size', '?')} images, z {model.get('z_dim', '?')}, "
+               f"{last['epoch']} epochs on {cfg.get('device', '?')} ({cfg.get('precision', '?')}), "
+               f"{ips:,.0f} images/s (median epoch).")
+    s.figures.append(Figure(run / "train" / "loss.png", "Loss per epoch",
+                            f"Training and validation {train.get('loss', 'bce').upper()} per pixel. Validation loss "
+                            f"{first['val_loss']:.4f} after epoch 1, {last['val_loss']:.4f} after epoch {last['epoch']}."))
+    grids = sorted((run / "train").glob("recon_e*.png"))
+    if grids:
+        mse = _test_mse(run)
+        extra = f" Mean squared error over the test split {mse:.4f} (pixels in [0, 1])." if mse is not None else ""
+        s.figures.append(Figure(grids[-1], "Reconstructions of fixed test images",
+                                f"Top row: held-out test images; bottom row: their reconstructions after epoch "
+                                f"{last['epoch']}.{extra}", wide=True))
+    return s
+
+
+def _region(run: Path, st: dict | None) -> Section:
+    s = Section("What region of z-space do faces occupy?")
+    if st is None:
+        s.missing.append(f"zspace stats --run {run}")
+        return s
+    r = st["radius"]
+    dom = st["dominant"]
+    s.intro = f"{st['n']:,} latent vectors in {st['d']} dimensions."
+    if dom:
+        comps, rule = {c["index"]: c for c in st["components"]}, st["dominant_rule"]
+        s.tables.append((f"Dominant components: centre farther than {rule['centre_threshold']:.2f} from the median "
+                         f"centre {rule['median_mean']:.3f}, or sigma wider than the median {rule['median_std']:.3f} "
+                         f"by more than {rule['width_threshold']:.2f}.",
+                         ["component", "mean", "sigma", "fit centre", "fit sigma", "FWHM", "fit R^2", "min", "max"],
+                         [[str(i), f"{c['mean']:.3f}", f"{c['std']:.3f}", f"{c['fit_center']:.3f}", f"{c['fit_sigma']:.3f}",
+                           f"{c['fwhm']:.3f}", f"{c['fit_r2']:.3f}", f"{c['min']:.2f}", f"{c['max']:.2f}"]
+                          for i in dom for c in [comps[i]]]))
+    d = run / "stats"
+    s.figures += [
+        Figure(d / "density_all.png", "Number density of every component",
+               f"Histograms of all {st['d']} components (bin width {st['config']['bin_width']:g}) overlaid. "
+               f"Median component mean {st['dominant_rule']['median_mean']:.3f}, median width {st['dominant_rule']['median_std']:.3f}."),
+        Figure(d / "dominant.png", "Dominant components",
+               f"{len(dom)} components stand out by centre or width: {', '.join(map(str, dom[:12]))}"
+               f"{' ...' if len(dom) > 12 else ''}, each shown with its Gaussian fit (the rule is in stats.json)."),
+        Figure(d / "radius.png", "Radius distribution",
+               f"|z| of every point. Peak {r['peak']:.2f} against the expectation sqrt(sum(mean^2 + var)) = "
+               f"{r['expected']:.2f} and sqrt(D) = {r['sqrt_d']:.1f}; range {r['min']:.1f}-{r['max']:.1f}"
+               + (": no point lies near the origin, the cloud is a shell." if r["min"] > 0.25 * r["peak"] else "."),
+               wide=True),
+    ]
+    return s
+
+
+def _shape(run: Path, st: dict | None) -> Section:
+    s = Section("How is that region shaped?")
+    if st is None:
+        s.missing.append(f"zspace stats --run {run}")
+        return s
+    d = run / "stats"
+    c, pca, norm = st["correlation"], st["pca"], st["normality"]["full"]
+    top = c["top_pairs"][0] if c["top_pairs"] else None
+    ell = {e["sigma"]: e for e in norm["ellipsoids"]}
+    shares = "; ".join(f"{k}-sigma {v['share']:.3f} (normal {v['expected']:.3f})" for k, v in sorted(ell.items()))
+    s.figures += [
+        Figure(d / "correlation.png", "Correlations between components",
+               f"Pearson r of every pair. Mean |r| {c['mean_abs_r']:.3f}, max |r| {c['max_abs_r']:.3f}"
+               + (f" (components {top['i']} and {top['j']})." if top else ".")),
+        Figure(d / "pairs.png", "The most correlated pairs",
+               f"Joint number density of the {st['config']['pair_plots']} most strongly correlated component pairs: "
+               + ", ".join(f"z[{p['i']}] and z[{p['j']}] r = {p['r']:.2f}" for p in c["top_pairs"][: st["config"]["pair_plots"]])
+               + ".", wide=True),
+        Figure(d / "scree.png", "PCA: variance per principal axis",
+               f"{pca['n_components_50']} axes hold 50% of the variance, {pca['n_components_90']} hold 90%, "
+               f"{pca['n_components_99']} hold 99%; PC1 alone {pca['explained_variance_ratio'][0]:.1%}."),
+        Figure(d / "qq.png", "Is the cloud multivariate normal?",
+               f"Squared Mahalanobis radii against the normal law's quantiles. KS distance {norm['ks_distance']:.3f}; "
+               f"shares inside the k-sigma ellipsoids: {shares}."),
+    ]
+    return s
+
+
+def _fragmented(run: Path) -> Section:
+    s = Section("Is it one smooth cloud, or filaments and voids?",
+                "Every statistic is measured on the data and on the same number of points drawn from the normal "
+                "distribution fitted to them (the null model).")
+    sj = _json(run / "structure" / "structure.json")
+    if sj is None:
+        s.missing.append(f"zspace structure --run {run}")
+    else:
+        stats = sj["statistics"]
+        rows = [[k.replace("_", " "), _f(v["data"], 4), _f(v["null"], 4), f"{v['relative_difference']:.1%}",
+                 f"{v['z']:.1f}", "differs" if v["differs"] else "no difference"] for k, v in stats.items()]
+        s.tables.append((f"Data against the null model ({sj['n']:,} points, k = {sj['k']}, {sj['index']} kNN). "
+                         + sj["judged"], ["statistic", "data", "null", "difference", "standard errors", "verdict"], rows))
+        d = run / "structure"
+        ld, tw, vr = stats["local_dimension"], stats["twonn_dimension"], stats["void_ratio"]
+        s.figures += [
+            Figure(d / "local_dim.png", "Local dimension",
+                   f"Bias-corrected participation ratio of each point's {sj['k']} neighbours: median {ld['data']:.1f} "
+                   f"(null {ld['null']:.1f}); TwoNN dimension {tw['data']:.1f} (null {tw['null']:.1f})."),
+            Figure(d / "knn_distances.png", "Neighbour distances",
+                   f"Distances to the 1st and {sj['k']}th neighbour, data against null. Void ratio {vr['data']:.3f} "
+                   f"(null {vr['null']:.3f}): above 1, random probes sit farther from the data than points do from each other."),
+        ]
+        for plane in sj.get("planes", []):
+            name = plane.get("figure") or plane_figure_name(plane["plane"])
+            w = plane["windows"][0]
+            s.figures.append(Figure(d / name, f"Plane {plane['plane']}",
+                                    f"Points within a thin slab around the plane, data above null. Empty cells inside "
+                                    f"the 95% ellipse (window {w['side']:g}): data {w['empty_share_data']:.3f}, "
+                                    f"null {w['empty_share_null']:.3f}."))
+    tj = _json(run / "tsne" / "tsne.json")
+    if tj is None:
+        s.missing.append(f"zspace tsne --run {run}")
+    else:
+        kl = tj.get("kl_divergence", {})
+        s.figures.append(Figure(run / "tsne" / "tsne.png", "t-SNE map, data beside null",
+                                f"openTSNE of {tj['n']:,} points ({tj['space']}), perplexity {tj['config']['perplexity']:g}. "
+                                f"KL divergence data {kl.get('data', float('nan')):.3f}, null {kl.get('null', float('nan')):.3f}.",
+                                wide=True))
+    return s
+
+
+def _faces(run: Path) -> Section:
+    s = Section("Which z-points decode to faces?",
+                "Decoded images judged by OpenCV's Haar frontal-face cascade (not trained here), with its calibration.")
+    cj = _json(run / "generate" / "compare.json")
+    if cj is None:
+        s.missing.append(f"zspace compare --run {run}")
+        return s
+    g = run / "generate"
+    sm = cj["samplers"]
+    rows = [[k, f"{m['face_rate']:.3f}", f"{m['face_rate_ci'][0]:.3f}-{m['face_rate_ci'][1]:.3f}", f"{m['consistency']:.3f}",
+             f"{m['nn_distance_ratio']:.2f}", f"{m.get('radius_ratio', float('nan')):.2f}", f"{m['sharpness_ratio']:.2f}"]
+            for k, m in sm.items()]
+    s.tables.append((f"Samplers ({cj['n']} z-points each, seed {cj['seed']}). Consistency: median |E(D(z)) - z| / spread; "
+                     "NN-distance ratio: distance to the nearest training latent / typical neighbour distance; radius "
+                     "ratio: Mahalanobis radius / the data's; sharpness against reconstructions.",
+                     ["sampler", "face rate", "95% CI", "consistency", "NN-distance ratio", "radius ratio", "sharpness"], rows))
+    cal = cj["calibration"]
+    crow = [[k.replace("_", " "), f"{cal[k]['rate']:.3f}", f"{cal[k]['ci95'][0]:.3f}-{cal[k]['ci95'][1]:.3f}"]
+            for k in ("real", "reconstructions", "noise", "smoothed_noise", "upside_down") if k in cal]
+    s.tables.append((f"Judge calibration ({cal['settings']['n']} images each): real and reconstructed faces should score "
+                     "high, noise near 0; upside-down faces are a negative control.", ["control", "face rate", "95% CI"], crow))
+    best = max(sm, key=lambda k: sm[k]["face_rate"])
+    worst = min(sm, key=lambda k: sm[k]["face_rate"])
+    s.figures.append(Figure(g / "compare.png", "Face rate per sampler",
+                            f"Highest: {best} {sm[best]['face_rate']:.2f}; lowest: {worst} {sm[worst]['face_rate']:.2f}. "
+                            f"Real test images {cal['real']['rate']:.2f}, noise {cal['noise']['rate']:.2f}.", wide=True))
+    paths = cj.get("paths", {})
+    if paths:
+        s.tables.append(("Paths: X marks a decoded point in which the judge finds a face, . one without, in path order.",
+                         ["path", "points", "face rate", "along the path", "consistency", "NN-distance ratio"],
+                         [[k.replace("_", " "), str(m["n"]), f"{m['face_rate']:.2f}", m["along"], f"{m['consistency']:.3f}",
+                           f"{m['nn_distance_ratio']:.2f}"] for k, m in paths.items()]))
+    for k, m in sm.items():
+        s.figures.append(Figure(g / k / "grid.png", f"Sampler: {k}",
+                                f"The first 64 of {m['n']} decoded z-points. Face rate {m['face_rate']:.2f} "
+                                f"({m['face_rate_ci'][0]:.2f}-{m['face_rate_ci'][1]:.2f}); radius ratio "
+                                f"{m.get('radius_ratio', float('nan')):.2f}."))
+    for k, m in paths.items():
+        s.figures.append(Figure(g / m["figure"], f"Path: {k.replace('_', ' ')}",
+                                f"{m['title']}. Face found at {m['face_count']} of {m['n']} points "
+                                f"(along the path: {m['along']}).", wide=True))
+    return s
+
+
+def _sections(run: Path) -> list[Section]:
+    st = _json(run / "stats" / "stats.json")
+    return [_training(run), _region(run, st), _shape(run, st), _fragmented(run), _faces(run)]
+
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.7em;margin-bottom:.2em} h2{margin-top:2em;border-bottom:2px solid #ddd;padding-bottom:.2em}
+.meta{color:#555} nav a{margin-right:1em}
+.grid{display:flex;flex-wrap:wrap;gap:1.2em}
+figure{margin:0;flex:1 1 520px;max-width:100%} figure.wide{flex-basis:100%}
+figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.9em;color:#333} figcaption b{display:block}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em} td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+td:first-child,th:first-child{text-align:left} caption{caption-side:top;text-align:left;font-size:.9em;color:#444;padding:.3em 0}
+.missing{color:#a33}
+"""
+
+
+def _header(run: Path) -> tuple[str, list[str]]:
+    lines = []
+    lat = (_json(run / "latents.zarr" / "zarr.json") or {}).get("attributes", {})
+    src = lat.get("source", {})
+    if src:
+        lines.append(f"Source: {src.get('kind', '?')} {src.get('spec', '')} ({lat.get('n', '?'):,} images), "
+                     f"latents z {lat.get('z_dim', '?')} from checkpoint epoch {lat.get('checkpoint_epoch', '?')}.")
+    state = _json(run / "pipeline.json")
+    if state:
+        t = [f"{k} {v['seconds']:.0f} s" for k, v in state.get("stages", {}).items()
+             if isinstance(v.get("seconds"), (int, float))]
+        if t:
+            lines.append("Stage times (last run of each): " + ", ".join(t) + ".")
+    return f"zspace report: {run.resolve().name}", lines
+
+
+def write_report(run_dir: str | os.PathLike) -> dict:
+    """Write RUN/report/index.html, report.md and figures/; returns what went in."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {run} does not exist")
+    out = run / "report"
+    figdir = out / "figures"
+    if figdir.exists():
+        shutil.rmtree(figdir)
+    figdir.mkdir(parents=True)
+    sections = _sections(run)
+    title, meta = _header(run)
+    body, md = [], [f"# {title}", ""] + [m + "  " for m in meta] + [""]
+    nfig, missing_files = 0, []
+    for i, s in enumerate(sections, 1):
+        body.append(f'<section id="q{i}"><h2>{i}. {html.escape(s.question)}</h2>')
+        md += [f"## {i}. {s.question}", ""]
+        if s.intro:
+            body.append(f"<p>{html.escape(s.intro)}</p>")
+            md += [s.intro, ""]
+        for cmd in s.missing:
+            body.append(f'<p class="missing">Not run yet: <code>{html.escape(cmd)}</code></p>')
+            md += [f"Not run yet: `{cmd}`", ""]
+        for title_t, header, rows in s.tables:
+            body.append("<table><caption>" + html.escape(title_t) + "</caption><tr>"
+                        + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+                        + "</table>")
+            md += [title_t, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+        figs = []
+        for f in s.figures:
+            if not f.src.exists():
+                missing_files.append(str(f.src))
+                continue
+            rel = f"figures/{f.src.relative_to(run).as_posix().replace('/', '_')}"
+            shutil.copy2(f.src, out / rel)
+            nfig += 1
+            alt = html.escape(f.title, quote=True)
+            figs.append(f'<figure class="{"wide" if f.wide else ""}"><img src="{rel}" alt="{alt}">'
+                        f"<figcaption><b>{html.escape(f.title)}</b>{html.escape(f.caption)}</figcaption></figure>")
+            md += [f"![{f.title}]({rel})", "", f"**{f.title}.** {f.caption}", ""]
+        if figs:
+            body.append('<div class="grid">' + "".join(figs) + "</div>")
+        body.append("</section>")
+    nav = "".join(f'<a href="#q{i}">{i}. {html.escape(s.question)}</a>' for i, s in enumerate(sections, 1))
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
+            f"<h1>{html.escape(title)}</h1>" + "".join(f'<p class="meta">{html.escape(m)}</p>' for m in meta)
+            + f"<nav>{nav}</nav>" + "\n".join(body) + "</body></html>\n")
+    (out / "index.html").write_text(page)
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    if missing_files:
+        logger.warning("report: %d figures named by the stages' JSON are missing, e.g. %s", len(missing_files), missing_files[0])
+    logger.info("report: %d figures in %d sections -> %s", nfig, len(sections), out / "index.html")
+    return {"report": str(out / "index.html"), "markdown": str(out / "report.md"), "figures": nfig,
+            "missing_stages": [c for s in sections for c in s.missing], "missing_figures": missing_files}
