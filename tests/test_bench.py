@@ -22,6 +22,7 @@ def small(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow  # the --small benchmark: about 2 minutes on 2 cores
 def test_results_file_has_every_stage(small):
     out, result = small
     saved = json.loads((out / "results.json").read_text())
@@ -31,6 +32,7 @@ def test_results_file_has_every_stage(small):
     assert len(saved["rows"]) == len(result["rows"])
 
 
+@pytest.mark.slow  # the --small benchmark: about 2 minutes on 2 cores
 def test_every_row_is_finite(small):
     out, _ = small
     rows = json.loads((out / "results.json").read_text())["rows"]
@@ -45,6 +47,7 @@ def test_every_row_is_finite(small):
             assert r["baseline_s"] is None and r["ratio"] is None, r
 
 
+@pytest.mark.slow  # the --small benchmark: about 2 minutes on 2 cores
 def test_encode_sides_agree(small):
     """Both sides of the encode row ran the same images through the same weights."""
     _, result = small
@@ -52,6 +55,7 @@ def test_encode_sides_agree(small):
     assert row["extra"]["max_abs_dz"] < 1e-3
 
 
+@pytest.mark.slow  # the --small benchmark: about 2 minutes on 2 cores
 def test_results_md_and_machine(small):
     out, result = small
     md = (out / "RESULTS.md").read_text()
@@ -107,3 +111,13 @@ def test_stages_read_sizes_from_the_profile():
             names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
             keys = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
             assert "small" not in names and "small" not in keys, mod
+
+
+def test_bench_stages_measure_stages_of_the_pipeline_table():
+    from bench.stages import MEASURES, STAGES
+    from engine.stages import STAGE_NAMES
+
+    assert set(MEASURES) == set(STAGES)
+    assert set(MEASURES.values()) <= set(STAGE_NAMES)
+    # every computing stage before compare has a benchmark row
+    assert {"prepare", "train", "encode", "stats", "structure", "tsne"} <= set(MEASURES.values())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cli import main
 from tests.conftest import TINY
 
@@ -14,6 +16,7 @@ def _argv(run_dir) -> list[str]:
             "--k", str(TINY["k"]), "--tsne-n", str(TINY["tsne_n"]), "--compare-n", str(TINY["compare_n"])]
 
 
+@pytest.mark.slow  # needs finished_run: every stage once
 def test_run_again_skips_every_stage_and_says_where_the_report_is(finished_run, capsys):
     assert main(["-q", *_argv(finished_run)]) == 0
     out = capsys.readouterr().out
@@ -22,6 +25,7 @@ def test_run_again_skips_every_stage_and_says_where_the_report_is(finished_run, 
     assert f"report: {finished_run / 'report' / 'index.html'}" in out
 
 
+@pytest.mark.slow  # needs finished_run: every stage once
 def test_report_verb_prints_what_went_in(finished_run, capsys):
     assert main(["-q", "report", "--run", str(finished_run)]) == 0
     res = json.loads(capsys.readouterr().out)

@@ -18,6 +18,7 @@ def _state(path):
     return json.loads((path / "pipeline.json").read_text())["stages"]
 
 
+@pytest.mark.slow  # the session's finished_run: every stage once
 def test_every_stage_runs_and_leaves_its_output(finished_run):
     state = _state(finished_run)
     assert list(state) == list(STAGES)
@@ -40,6 +41,7 @@ def test_a_changed_option_reruns_that_stage_and_the_later_ones_only():
     assert [s for s in STAGES if base[s] == retrain[s]] == ["prepare"]
 
 
+@pytest.mark.slow  # three runs of the tiny pipeline
 def test_skip_rerun_and_resume(tmp_path, caplog, monkeypatch):
     opts = dict(quick=True, device="cpu", progress=False, **TINY)
     run(tmp_path, until="stats", **opts)

@@ -32,6 +32,7 @@ def _browser():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
 
 
+@pytest.mark.slow  # needs finished_run: every stage once
 def test_report_files_and_numbers(finished_run):
     page = (finished_run / "report" / "index.html").read_text()
     md = (finished_run / "report" / "report.md").read_text()
@@ -60,6 +61,7 @@ def test_report_files_and_numbers(finished_run):
     assert page.count(">differs<") + page.count(">no difference<") == len(structure["statistics"])
 
 
+@pytest.mark.slow  # needs finished_run: every stage once
 def test_report_of_a_partial_run_names_the_missing_stages(tmp_path, finished_run):
     for part in ("images.zarr", "latents.zarr", "train", "stats"):
         src = finished_run / part

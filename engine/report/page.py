@@ -21,6 +21,7 @@ import numpy as np
 from engine.analysis.planes import plane_figure_name
 from engine.data.sources import TEST
 from engine.latents.store import open_latents
+from engine.stages import STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _training(run: Path) -> Section:
     s = Section("How well does the autoencoder reconstruct faces?")
     log_path = run / "train" / "log.jsonl"
     if not log_path.exists():
-        s.missing.append(f"zspace train --run {run}")
+        s.missing.append(STAGES["train"].command(run))
         return s
     log = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     cfg = _json(run / "train" / "config.json") or {}
@@ -97,7 +98,7 @@ def _training(run: Path) -> Section:
 def _region(run: Path, st: dict | None) -> Section:
     s = Section("What region of z-space do faces occupy?")
     if st is None:
-        s.missing.append(f"zspace stats --run {run}")
+        s.missing.append(STAGES["stats"].command(run))
         return s
     r = st["radius"]
     dom = st["dominant"]
@@ -131,7 +132,7 @@ def _region(run: Path, st: dict | None) -> Section:
 def _shape(run: Path, st: dict | None) -> Section:
     s = Section("How is that region shaped?")
     if st is None:
-        s.missing.append(f"zspace stats --run {run}")
+        s.missing.append(STAGES["stats"].command(run))
         return s
     d = run / "stats"
     c, pca, norm = st["correlation"], st["pca"], st["normality"]["full"]
@@ -160,9 +161,9 @@ def _fragmented(run: Path) -> Section:
     s = Section("Is it one smooth cloud, or filaments and voids?",
                 "Every statistic is measured on the data and on the same number of points drawn from the normal "
                 "distribution fitted to them (the null model).")
-    sj = _json(run / "structure" / "structure.json")
+    sj = _json(STAGES["structure"].output_path(run))
     if sj is None:
-        s.missing.append(f"zspace structure --run {run}")
+        s.missing.append(STAGES["structure"].command(run))
     else:
         stats = sj["statistics"]
         rows = [[k.replace("_", " "), _f(v["data"], 4), _f(v["null"], 4), f"{v['relative_difference']:.1%}",
@@ -186,9 +187,9 @@ def _fragmented(run: Path) -> Section:
                                     f"Points within a thin slab around the plane, data above null. Empty cells inside "
                                     f"the 95% ellipse (window {w['side']:g}): data {w['empty_share_data']:.3f}, "
                                     f"null {w['empty_share_null']:.3f}."))
-    tj = _json(run / "tsne" / "tsne.json")
+    tj = _json(STAGES["tsne"].output_path(run))
     if tj is None:
-        s.missing.append(f"zspace tsne --run {run}")
+        s.missing.append(STAGES["tsne"].command(run))
     else:
         kl = tj.get("kl_divergence", {})
         s.figures.append(Figure(run / "tsne" / "tsne.png", "t-SNE map, data beside null",
@@ -201,9 +202,9 @@ def _fragmented(run: Path) -> Section:
 def _faces(run: Path) -> Section:
     s = Section("Which z-points decode to faces?",
                 "Decoded images judged by OpenCV's Haar frontal-face cascade (not trained here), with its calibration.")
-    cj = _json(run / "generate" / "compare.json")
+    cj = _json(STAGES["compare"].output_path(run))
     if cj is None:
-        s.missing.append(f"zspace compare --run {run}")
+        s.missing.append(STAGES["compare"].command(run))
         return s
     g = run / "generate"
     sm = cj["samplers"]
@@ -243,7 +244,7 @@ def _faces(run: Path) -> Section:
 
 
 def _sections(run: Path) -> list[Section]:
-    st = _json(run / "stats" / "stats.json")
+    st = _json(STAGES["stats"].output_path(run))
     return [_training(run), _region(run, st), _shape(run, st), _fragmented(run), _faces(run)]
 
 
