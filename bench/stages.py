@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.results import Row
-from engine.stages import STAGES as PIPELINE_STAGES
 from bench.stages_analysis import stage_kernels, stage_knn, stage_local_pca, stage_stats, stage_structure, stage_tsne
 from bench.stages_data import stage_encode, stage_prepare, stage_train_feed
+from engine.stages import STAGES as PIPELINE_STAGES
 
 STAGES: dict[str, Callable[[dict], list[Row]]] = {
     "prepare": stage_prepare,

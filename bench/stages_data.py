@@ -215,8 +215,8 @@ def stage_train_feed(ctx) -> list[Row]:
 
     from engine.data.feed import BatchFeed
     from engine.data.imagecache import open_cache
-    from engine.model.precision import resolve_device, resolve_precision
     from engine.model.autoencoder import to_input
+    from engine.model.precision import resolve_device, resolve_precision
 
     size, batch = 96, 64
     steps = ctx["sizes"].train_steps
@@ -279,11 +279,11 @@ def stage_encode(ctx) -> list[Row]:
     import torch
     from torch.utils.data import DataLoader
 
-    from engine.model.encode import encode
     from engine.data.imagecache import open_cache
-    from engine.model.autoencoder import Autoencoder, ModelConfig
     from engine.layout import latents_path
+    from engine.model.autoencoder import Autoencoder, ModelConfig
     from engine.model.checkpoint import load_checkpoint
+    from engine.model.encode import encode
     from engine.model.train import TrainConfig
 
     size, batch = 96, 64

@@ -52,9 +52,9 @@ def celeba_root(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A run with a cache of 300 synthetic faces, a 2-epoch model and its latents (a few seconds on CPU)."""
-    from engine.model.encode import encode
     from engine.data.imagecache import prepare
     from engine.model.autoencoder import ModelConfig
+    from engine.model.encode import encode
     from engine.model.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp("trained_run")

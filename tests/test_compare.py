@@ -10,10 +10,10 @@ import pytest
 import torch
 from scipy import ndimage
 
+from engine.data.sources import TRAIN
 from engine.generation.compare import compare
 from engine.generation.generate import load_z
 from engine.generation.sampling import SAMPLERS
-from engine.data.sources import TRAIN
 from engine.latents.store import open_latents
 from engine.model.checkpoint import load_checkpoint
 

@@ -10,12 +10,12 @@ import torch
 import zarr
 
 import cli
-from engine.model import encode as encode_mod
-from engine.model.encode import chunk_rows, encode, file_sha256
-from engine.latents.store import open_latents
 from engine.data.imagecache import open_cache, prepare
+from engine.latents.store import open_latents
+from engine.model import encode as encode_mod
 from engine.model.autoencoder import ModelConfig
 from engine.model.checkpoint import load_checkpoint
+from engine.model.encode import chunk_rows, encode, file_sha256
 from engine.model.train import TrainConfig, train
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.generation import judge
 from engine.data.sources import crop_resize
 from engine.data.synthetic import render_block
+from engine.generation import judge
 from tests.conftest import CELEBA_SUBSET, requires_celeba
 
 Z = 1.959963984540054

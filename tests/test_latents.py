@@ -7,9 +7,8 @@ import pytest
 import zarr
 
 import cli
-from engine.latents.store import open_latents
 from engine.latents.importer import import_latents
-from engine.latents.store import LatentsError
+from engine.latents.store import LatentsError, open_latents
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import engine.pipeline
-from engine.pipeline import OUTPUTS, STAGES, run, stage_keys, profile_for
 from engine.latents.store import open_latents
 from engine.model.checkpoint import load_checkpoint
+from engine.pipeline import OUTPUTS, STAGES, profile_for, run, stage_keys
 from tests.conftest import TINY
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.conftest import CELEBA_SUBSET, requires_celeba
-from engine.model.encode import encode
-from engine.latents.store import open_latents
 from engine.data.imagecache import open_cache, prepare
+from engine.latents.store import open_latents
 from engine.model.autoencoder import ModelConfig
+from engine.model.encode import encode
 from engine.model.train import TrainConfig, train
+from tests.conftest import CELEBA_SUBSET, requires_celeba
 
 
 @requires_celeba()

@@ -76,8 +76,8 @@ def test_report_of_a_partial_run_names_the_missing_stages(tmp_path, finished_run
 def test_report_tables_the_planted_dominant_components(tmp_path):
     import numpy as np
 
-    from engine.latents.importer import import_latents
     from engine.analysis.stats import compute_stats
+    from engine.latents.importer import import_latents
 
     rng = np.random.default_rng(0)
     z = rng.normal(size=(4000, 24)).astype(np.float32)

@@ -105,10 +105,10 @@ def test_bad_names_and_settings():
 def test_generate_decodes_every_sampler(tmp_path):
     import json
 
-    from engine.model.encode import encode
-    from engine.generation.generate import generate
     from engine.data.imagecache import prepare
+    from engine.generation.generate import generate
     from engine.model.autoencoder import ModelConfig
+    from engine.model.encode import encode
     from engine.model.train import TrainConfig, train
 
     prepare("synthetic:200", tmp_path, size=32, workers=1, progress=False)

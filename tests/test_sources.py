@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import CELEBA_SUBSET, fake_photo, requires_celeba
 from engine.data.sources import SourceError, crop_resize, hashed_split, open_source
+from tests.conftest import CELEBA_SUBSET, fake_photo, requires_celeba
 
 
 def reference_crop(path, size):

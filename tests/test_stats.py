@@ -10,9 +10,9 @@ import zarr
 from PIL import Image
 from scipy import stats as sstats
 
-from engine.latents.importer import import_latents
 from engine.analysis.distributions import sigma_probability
 from engine.analysis.stats import StatsConfig, compute_stats
+from engine.latents.importer import import_latents
 
 D = 24
 DOMINANT = {5: (5.0, 4.0), 17: (-3.0, 3.0)}  # index: (centre, width), as the study saw them

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
-from engine.latents.importer import import_latents
 from engine.analysis.structure import StructureConfig, compute_structure
+from engine.latents.importer import import_latents
 
 
 def store(tmp_path, z):

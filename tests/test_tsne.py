@@ -9,9 +9,9 @@ import pytest
 import zarr
 from PIL import Image
 
+from engine.analysis.tsne import TSNEConfig, compute_tsne, place_points
 from engine.latents.importer import import_latents
 from engine.layout import latents_path
-from engine.analysis.tsne import TSNEConfig, compute_tsne, place_points
 
 D = 20
 PER_CLUSTER = 200

@@ -9,6 +9,7 @@ import numpy as np
 
 from engine.config import config_from_dict
 
+
 @dataclass
 class StatsConfig:
     bin_width: float = 0.25  # number-density bin width, as in the study

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import optimize, special, stats as sstats
+from scipy import optimize, special
+from scipy import stats as sstats
 
 SIGMA_LEVELS = (1, 2, 3)
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))

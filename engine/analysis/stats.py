@@ -30,16 +30,21 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from engine.analysis.distributions import (MahalanobisReference, fit_gaussian, normality_summary, robust_sigma,
-                                           sigma_probability)
+from engine.analysis.config import StatsConfig
+from engine.analysis.distributions import (
+    MahalanobisReference,
+    fit_gaussian,
+    normality_summary,
+    robust_sigma,
+    sigma_probability,
+)
 from engine.analysis.gaussian import GaussianFit
 from engine.analysis.stats_figures import stats_figures
-from engine.analysis.config import StatsConfig
 from engine.files import write_json_atomic
-from engine.layout import latents_path, stage_dir
 from engine.latents.store import create_rows_array, iter_blocks, open_latents
+from engine.layout import latents_path, stage_dir
 from kernels.histogram import component_histograms, histogram_1d, uniform_edges
-from kernels.moments import block_moments, covariance, merge_moments, row_norms
+from kernels.moments import block_moments, merge_moments, row_norms
 from kernels.raster import density_raster
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.figures import new_figure, subplots
+from engine.figures import subplots
 
 DATA, NULL = "C0", "C1"
 

@@ -40,8 +40,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.ticker import FuncFormatter
 from tqdm.auto import tqdm
 
-from engine.analysis.gaussian import GaussianFit
 from engine.analysis.config import EARLY_EXAGGERATION_ITER, TSNEConfig
+from engine.analysis.gaussian import GaussianFit
 from engine.figures import subplots
 from engine.files import write_json_atomic
 from engine.latents.store import open_latents

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
 @dataclass
 class PrepareConfig:
     size: int = 96  # output side in pixels, a multiple of 16; the study's 96

@@ -31,8 +31,8 @@ import zarr
 from tqdm.auto import tqdm
 
 from engine.data.config import PrepareConfig
-from engine.layout import cache_path
 from engine.data.sources import CROP, SPLIT_NAMES, Source, open_source
+from engine.layout import cache_path
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ RUN/generate/NAME/ (grid.png, z.npy, images.npy, sampler.json) for every sampler
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -37,17 +36,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from engine.analysis.gaussian import GaussianFit
-from engine.data.feed import read_rows
-from engine.generation.generate import decode_with, encode_with, load_model, load_z, sampler_info, write_samples
-from engine.data.imagecache import open_cache
-from engine.generation.judge import DEFAULT, calibration, detect, sharpness, wilson_interval
 from engine.analysis.knn import build_index, knn
+from engine.data.feed import read_rows
+from engine.data.imagecache import open_cache
+from engine.data.sources import TRAIN
 from engine.figures import subplots
 from engine.files import write_json_atomic
 from engine.generation.config import CompareConfig
+from engine.generation.generate import decode_with, encode_with, load_model, load_z, sampler_info, write_samples
+from engine.generation.judge import DEFAULT, calibration, detect, sharpness, wilson_interval
 from engine.generation.paths import trace_paths
 from engine.generation.sampling import SAMPLERS, Sampler, SamplerConfig
-from engine.data.sources import TRAIN
 from engine.latents.store import open_latents
 
 logger = logging.getLogger(__name__)

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.layout import default_checkpoint
-from engine.latents.store import iter_blocks, open_latents
+from engine.data.sources import TEST
 from engine.figures import save_image_grid
-from engine.model.precision import resolve_device, resolve_precision
 from engine.generation.config import GenerateConfig
 from engine.generation.sampling import Sampler, SamplerConfig
-from engine.data.sources import TEST
+from engine.latents.store import iter_blocks, open_latents
+from engine.layout import default_checkpoint
 from engine.model.autoencoder import to_input
 from engine.model.checkpoint import load_checkpoint
+from engine.model.precision import resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from engine.layout import latents_path
 from engine.latents.store import LatentsError, create_rows_array, iter_blocks
+from engine.layout import latents_path
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from engine.config import config_from_dict
 
+
 @dataclass
 class ModelConfig:
     size: int = 96  # input side in pixels; must be divisible by 16 (four stride-2 layers)

@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 
 from engine.data.imagecache import open_cache
 from engine.layout import chunk_rows, default_checkpoint, latents_path
-from engine.model.precision import resolve_device, resolve_precision
 from engine.model.autoencoder import to_input
 from engine.model.checkpoint import load_checkpoint
 from engine.model.config import EncodeConfig
+from engine.model.precision import resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 

@@ -28,16 +28,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from engine.files import write_json_atomic
-from engine.layout import checkpoints_dir, stage_dir
 from engine.data.feed import BatchFeed, read_rows
 from engine.data.imagecache import open_cache
-from engine.model.autoencoder import Autoencoder, to_input
-from engine.model.config import ModelConfig, TrainConfig
-from engine.model.checkpoint import copy_checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state
-from engine.figures import save_image_grid, save_loss_curve
-from engine.model.precision import resolve_device, resolve_precision
 from engine.data.sources import TEST, TRAIN, VALIDATION
+from engine.figures import save_image_grid, save_loss_curve
+from engine.files import write_json_atomic
+from engine.layout import checkpoints_dir, stage_dir
+from engine.model.autoencoder import Autoencoder, to_input
+from engine.model.checkpoint import copy_checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from engine.model.config import ModelConfig, TrainConfig
+from engine.model.precision import resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 
