@@ -65,7 +65,7 @@ def cmd_encode(args) -> dict:
     from engine.model.encode import encode
 
     attrs = encode(args.run, checkpoint=args.checkpoint, batch_size=args.batch_size, device=args.device,
-                   precision=args.precision, progress=not args.quiet)
+                   precision=args.precision, progress=not args.quiet, overwrite=args.overwrite)
     return {k: attrs[k] for k in ("n", "z_dim", "checkpoint", "checkpoint_sha256", "seconds", "images_per_second") if k in attrs}
 
 
@@ -214,6 +214,7 @@ def _data_and_model_verbs(verb) -> None:
     sp.add_argument("--checkpoint", default=EncodeConfig.checkpoint, help="default RUN/checkpoints/best.pt (else last.pt)")
     sp.add_argument("--batch-size", type=_positive_int, default=EncodeConfig.batch_size, help="default 64 on CPU, 1024 on CUDA")
     sp.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=EncodeConfig.precision)
+    sp.add_argument("--overwrite", action="store_true", help="replace latents brought in with import-latents")
     sp.add_argument("--device", default=EncodeConfig.device)
     sp = verb("import-latents", cmd_import_latents, "bring your own (N, D) latents: .npy, .npz or .zarr -> RUN/latents.zarr")
     sp.add_argument("file", metavar="FILE", help=".npy, .npz (array 'z' or the first) or Zarr array/group with 'z'")
@@ -340,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zspace {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nzspace {args.verb}: interrupted; rerun the same command to resume", file=sys.stderr)
+        again = "rerun it with --resume to continue" if args.verb == "train" else "rerun the same command to resume"
+        print(f"\nzspace {args.verb}: interrupted; {again}", file=sys.stderr)
         return 130
     if result is not None:
         print(json.dumps(result, indent=2, default=str))

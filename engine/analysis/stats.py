@@ -248,6 +248,10 @@ def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None,
                       "full": normality_summary(d2, fit.rank_), "core": core_summary},
         "seconds": time.perf_counter() - t0,
     }
+    if n <= d:
+        result["warnings"] = [f"{n} points in {d} dimensions: the covariance is singular (rank {fit.rank_} < {d}); "
+                              f"correlations, PCA and the normality test describe the points, not a population"]
+        logger.warning("%s", result["warnings"][0])
     _write_tables(out_dir, latents, result, fit, corr, edges, counts, radius_hists, rasters, windows, ratios, cum)
     result["figures"] = (stats_figures(out_dir, result, edges, counts, radius_hists, corr, rasters, windows,
                                        fit.covariance_) if cfg.figures else [])

@@ -45,11 +45,32 @@ def hashed_split(name: str) -> int:
     return TRAIN if h < 80 else VALIDATION if h < 90 else TEST
 
 
+MAX_UPSCALE = 4  # an image may be enlarged at most 4x: a 1x1 picture is not a face at 96 px
+MAX_ASPECT = 4  # longer side / shorter side: a centred square of a 1000x10 strip shows nothing
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grayscale scaled to 8 bits (PIL's convert would clip them at 255)."""
+    if img.mode.startswith("I;16"):
+        a = np.asarray(img, dtype=np.float64) / 257.0  # 65535 -> 255
+    elif img.mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = a.max() if a.size else 0.0
+        if top > 255:  # 16-bit PNGs open as "I" in some Pillow versions; anything larger is scaled by its peak
+            a = a * (255.0 / (65535.0 if top <= 65535 else top))
+    else:
+        return img
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+
+
 def crop_resize(img: Image.Image, size: int) -> np.ndarray:
     """Centred square crop of ``img`` resized to uint8 (size, size, 3) RGB.
 
-    Grayscale, palette and CMYK images become RGB; transparent pixels are
-    composited over white so an RGBA cut-out does not turn black.
+    Grayscale, palette and CMYK images become RGB; 16-bit images are scaled to 8 bits,
+    not clipped; transparent pixels are composited over white so an RGBA cut-out
+    does not turn black. An image whose shorter side is under ``size / MAX_UPSCALE``
+    or whose sides differ more than ``MAX_ASPECT``:1 raises ``SourceError``, so
+    prepare skips, counts and lists it.
     """
     if img.format == "JPEG" and min(img.size) >= 2 * size:
         w, h = img.size
@@ -59,6 +80,11 @@ def crop_resize(img: Image.Image, size: int) -> np.ndarray:
         # a reduction applies: draft also switches libjpeg to its faster, coarser
         # upsampling, which would change full-size results for nothing.
         img.draft("RGB", (-(-size * w // m), -(-size * h // m)))
+    img = _to_8bit(img)
+    w, h = img.size
+    if min(w, h) * MAX_UPSCALE < size or max(w, h) > MAX_ASPECT * min(w, h):
+        raise SourceError(f"{w}x{h} image: zspace skips images whose shorter side is under 1/{MAX_UPSCALE} of the "
+                          f"output side ({size} px) or whose sides differ more than {MAX_ASPECT}:1")
     if img.mode in ("RGBA", "LA", "P", "PA"):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))

@@ -23,7 +23,15 @@ def _open_input(path: Path):
     """The (N, D) array in ``path``, lazily where the format allows."""
     name = path.name.lower()
     if name.endswith(".npy"):
-        return np.load(path, mmap_mode="r")
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as exc:  # truncated, corrupt or not an .npy at all
+            raise LatentsError(f"{path} is not a readable .npy file ({type(exc).__name__}: {exc}); "
+                               f"save it again with numpy.save") from None
+        if arr.dtype.hasobject:
+            raise LatentsError(f"{path} holds Python objects (dtype {arr.dtype}), not numbers: save a numeric "
+                               f"(N, D) array, e.g. numpy.save(path, np.asarray(z, dtype=np.float32))")
+        return arr
     if name.endswith(".npz"):
         with np.load(path) as f:
             keys = list(f.keys())
@@ -41,6 +49,18 @@ def _open_input(path: Path):
             node = node["z"]
         return node
     raise LatentsError(f"{path}: expected a .npy, .npz or .zarr file of shape (N, D)")
+
+
+def swap_in(new: Path, path: Path) -> None:
+    """Put the finished store ``new`` at ``path``; an old store there is removed only after the swap."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    old = path.with_name(path.name + ".replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old)
 
 
 def import_latents(
@@ -71,10 +91,10 @@ def import_latents(
         raise LatentsError(f"{path}: latents must be numeric, got dtype {arr.dtype} for shape {shape}")
 
     out = latents_path(run_dir)
-    if out.exists():
-        if not overwrite:
-            raise ValueError(f"{out} exists: pass --overwrite to replace it with {path}")
-        shutil.rmtree(out)
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists: pass --overwrite to replace it with {path}")
+    # the new store is built beside the old one and swapped in only when complete:
+    # a failed import leaves the old latents as they were
     tmp = out.with_name(out.name + ".importing")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -112,7 +132,7 @@ def import_latents(
         source={"kind": "imported", "file": str(path.resolve()), "shape": list(shape), "dtype": str(arr.dtype)},
         z_dim=d, n=written, dropped_nonfinite=len(dropped), dropped_rows=dropped[:100], complete=True,
     )
-    os.replace(tmp, out)
+    swap_in(tmp, out)
     if dropped:
         logger.warning("dropped %d rows with NaN or inf (first: %s)", len(dropped), dropped[:5])
     logger.info("imported %d x %d latents from %s into %s", written, d, path, out)

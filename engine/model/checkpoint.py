@@ -54,16 +54,50 @@ def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     _replace_synced(tmp, dst)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: damaged, truncated or holding non-finite weights."""
+
+
+def _alternative(path: Path) -> str:
+    other = path.with_name("last.pt" if path.name == "best.pt" else "best.pt")
+    return f"pass --checkpoint {other}" if other.is_file() else "retrain with 'zspace train --overwrite'"
+
+
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
+    """The checkpoint dict of ``path``; a one-line ``CheckpointError`` when the file is damaged."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist: run 'zspace train' first")
-    return torch.load(path, map_location=device, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
+        raise CheckpointError(f"checkpoint {path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                              f"{_alternative(path)}") from None
+    if not isinstance(ckpt, dict) or not {"model", "config", "epoch"} <= set(ckpt):
+        raise CheckpointError(f"checkpoint {path} is not a zspace checkpoint; {_alternative(path)}")
+    return ckpt
+
+
+def nonfinite_weights(state: dict) -> list[str]:
+    """Names of the tensors of a state dict holding NaN or inf."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def remove_leftovers(ckpt_dir: Path) -> list[Path]:
+    """Delete ``*.tmp`` files an interrupted checkpoint write left behind; returns them."""
+    left = sorted(Path(ckpt_dir).glob("*.tmp")) if Path(ckpt_dir).is_dir() else []
+    for f in left:
+        f.unlink()
+    return left
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Autoencoder, dict]:
     """The model of a checkpoint (eval mode) and the checkpoint dict."""
     ckpt = read_checkpoint(path, device)
+    bad = nonfinite_weights(ckpt["model"])
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({bad[0]} and {len(bad) - 1} more): "
+                              f"training diverged; retrain with a lower --lr")
     model = Autoencoder(ModelConfig.from_dict(ckpt["config"]["model"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt

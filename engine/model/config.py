@@ -19,6 +19,8 @@ class ModelConfig:
         self.widths = tuple(int(w) for w in self.widths)
         if len(self.widths) != 4:
             raise ValueError(f"widths must have 4 entries (one per conv layer), got {self.widths}")
+        if min(self.widths) < 1:
+            raise ValueError(f"widths must be positive channel counts, got {self.widths}")
         if self.size % 16 or self.size < 16:
             raise ValueError(f"size must be a positive multiple of 16, got {self.size}")
         if self.z_dim < 1:

@@ -45,7 +45,8 @@ def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
 
 
 @torch.no_grad()
-def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim: int) -> zarr.Group:
+def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim: int,
+                overwrite: bool) -> zarr.Group:
     """The latent store to fill: the existing one when the same checkpoint made it from the same cache, else new."""
     n = cache["images"].shape[0]
     if out.exists():
@@ -55,7 +56,11 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
             store = None
         if store is not None and store.attrs.get("checkpoint_sha256") == sha and store.attrs.get("n") == n:
             return store
-        logger.info("%s was made by another checkpoint or cache: encoding again", out)
+        kind = (store.attrs.get("source") or {}).get("kind") if store is not None else None
+        if kind == "imported" and not overwrite:
+            raise ValueError(f"{out} holds latents brought in with import-latents ({store.attrs['source'].get('file')}); "
+                             f"pass --overwrite to replace them with this model's latents")
+        logger.warning("%s was made by another checkpoint or cache: discarding it and encoding again", out)
         shutil.rmtree(out)
     rows = chunk_rows(z_dim)
     store = zarr.open_group(out, mode="w")
@@ -101,12 +106,15 @@ def encode(
     device: str = EncodeConfig.device,
     precision: str = EncodeConfig.precision,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Write the latent of every image in the cache to ``RUN/latents.zarr``; returns its attributes.
 
     ``checkpoint`` defaults to ``RUN/checkpoints/best.pt`` (else ``last.pt``).
     ``batch_size`` defaults to 64 on CPU (cache-sized activations were fastest
-    there) and 1024 on CUDA.
+    there) and 1024 on CUDA. Latents brought in with ``import-latents`` are
+    replaced only with ``overwrite``; non-finite latents stop the encode before the
+    store is marked complete.
     """
     run = Path(run_dir)
     cache = open_cache(run)
@@ -122,7 +130,7 @@ def encode(
     if model.config.size != images.shape[1]:
         raise ValueError(f"checkpoint expects {model.config.size}px images, the cache holds {images.shape[1]}px")
     out = latents_path(run)
-    store = _open_store(out, cache, checkpoint, ckpt, file_sha256(checkpoint), z_dim)
+    store = _open_store(out, cache, checkpoint, ckpt, file_sha256(checkpoint), z_dim, overwrite)
     if store.attrs.get("complete"):
         logger.info("%s is complete (%d x %d); nothing to do", out, n, z_dim)
         return dict(store.attrs)
@@ -136,7 +144,12 @@ def encode(
     bar = tqdm(total=n, initial=done, unit="img", desc="encode", disable=None if progress else True, smoothing=0.1)
     for start in range(done, n, rows):
         stop = min(start + rows, n)
-        z_arr[start:stop], mse_arr[start:stop] = encode_block(model, images[start:stop], dev, prec, batch_size)
+        zs, mse = encode_block(model, images[start:stop], dev, prec, batch_size)
+        if not np.isfinite(zs).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(zs).all(axis=1))[0])
+            raise ValueError(f"{checkpoint} gives non-finite latents (first at row {bad}); {out} stays incomplete: "
+                             f"retrain with a lower --lr")
+        z_arr[start:stop], mse_arr[start:stop] = zs, mse
         store.attrs.update(rows_done=stop, seconds=seconds + time.perf_counter() - t0)
         bar.update(stop - start)
     bar.close()

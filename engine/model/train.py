@@ -16,6 +16,7 @@ uninterrupted run with the same seed.
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import shutil
@@ -35,7 +36,8 @@ from engine.figures import save_image_grid, save_loss_curve
 from engine.files import write_json_atomic
 from engine.layout import checkpoints_dir, stage_dir
 from engine.model.autoencoder import Autoencoder, to_input
-from engine.model.checkpoint import copy_checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from engine.model.checkpoint import (copy_checkpoint, nonfinite_weights, read_checkpoint, remove_leftovers,
+                                     rng_state, save_checkpoint, set_rng_state)
 from engine.model.config import ModelConfig, TrainConfig
 from engine.model.precision import resolve_device, resolve_precision
 
@@ -113,6 +115,8 @@ def _prepare_dirs(run: Path, mcfg: ModelConfig, explicit_model: bool, resume: bo
         else:
             raise ValueError(f"{last_path} exists: pass --resume to continue it or --overwrite to start over")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for f in remove_leftovers(ckpt_dir):
+        logger.warning("removed %s, left by an interrupted checkpoint write", f)
     out_dir.mkdir(parents=True, exist_ok=True)
     return ckpt, mcfg
 
@@ -137,9 +141,17 @@ def _feeds(cache, cfg: TrainConfig, device: torch.device):
     return feed, val_feed, read_rows(images, grid_rows)
 
 
+class TrainingDiverged(ValueError):
+    """A non-finite loss or weight: training stops before anything non-finite is written."""
+
+
+def _last_good(path: Path) -> str:
+    return f"the last good checkpoint is {path}" if path.exists() else "no checkpoint was written"
+
+
 def _train_epoch(model, opt, scaler, precision, feed: BatchFeed, epoch: int, cfg: TrainConfig, device,
-                 progress: bool) -> tuple[float, int, float]:
-    """One pass over the train feed: (mean loss, images seen, seconds)."""
+                 progress: bool, last_path: Path) -> tuple[float, int, float]:
+    """One pass over the train feed: (mean loss, images seen, seconds); ``TrainingDiverged`` on a non-finite loss."""
     model.train()
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
@@ -148,6 +160,11 @@ def _train_epoch(model, opt, scaler, precision, feed: BatchFeed, epoch: int, cfg
                disable=None if progress else True, leave=False)
     for step, batch in enumerate(bar):
         loss = train_step(model, opt, scaler, precision, cfg.loss, to_input(batch, device, cfg.channels_last))
+        # every step on CPU (no sync to pay); at log intervals on CUDA, where .item() stalls the pipeline
+        if (device.type != "cuda" or step % cfg.log_every == 0) and not torch.isfinite(loss).item():
+            raise TrainingDiverged(f"training diverged: loss {loss.item()} at epoch {epoch}, step {step + 1}; "
+                                   f"nothing of this epoch was saved ({_last_good(last_path)}); lower --lr and "
+                                   f"rerun with --overwrite")
         loss_sum += loss * len(batch)
         seen += len(batch)
         if progress and step % cfg.log_every == 0:  # .item() syncs the device: only at log intervals
@@ -155,7 +172,11 @@ def _train_epoch(model, opt, scaler, precision, feed: BatchFeed, epoch: int, cfg
             bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}", refresh=False)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return float(loss_sum.item() / max(seen, 1)), seen, time.perf_counter() - t0
+    mean_loss = float(loss_sum.item() / max(seen, 1))
+    if not math.isfinite(mean_loss) or nonfinite_weights(model.state_dict()):
+        raise TrainingDiverged(f"training diverged in epoch {epoch} (mean loss {mean_loss}); nothing of this epoch "
+                               f"was saved ({_last_good(last_path)}); lower --lr and rerun with --overwrite")
+    return mean_loss, seen, time.perf_counter() - t0
 
 
 def _resume(ckpt: dict | None, model, opt, scaler, log_path: Path, cfg: TrainConfig) -> tuple[int, float, list[dict]]:
@@ -226,8 +247,12 @@ def train(
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         train_loss, seen, train_seconds = _train_epoch(model, opt, scaler, precision, feed, epoch, cfg, device,
-                                                       progress)
+                                                       progress, last_path)
         val_loss = evaluate(model, val_feed, cfg, device, precision, cfg.channels_last)
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(f"training diverged: validation loss {val_loss} after epoch {epoch}; nothing of "
+                                   f"this epoch was saved ({_last_good(last_path)}); lower --lr and rerun with "
+                                   f"--overwrite")
         recon = reconstruct(model, grid_images, device, precision, cfg.channels_last)
         save_image_grid(out_dir / f"recon_e{epoch:03d}.png", np.concatenate([grid_images, recon]), len(grid_images),
                         scale=2)

@@ -1,0 +1,150 @@
+"""Bad files and careless commands: a clear one-line error, or skipped and counted; nothing already written lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli import main
+from engine.data.imagecache import prepare
+from engine.data.sources import SourceError, crop_resize
+from engine.latents.importer import import_latents
+from engine.latents.store import LatentsError, open_latents
+from engine.model.checkpoint import CheckpointError, load_checkpoint
+from engine.model.config import ModelConfig, TrainConfig
+from engine.model.encode import encode
+from engine.model.train import TrainingDiverged, train
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    grey = np.full((40, 40), 32896, np.uint16)  # 127.5 * 257 + 0.5: mid grey at 16 bits
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    img = Image.open(tmp_path / "g16.png")
+    assert img.mode.startswith("I"), img.mode
+    out = crop_resize(img, 32)
+    assert abs(out.mean() - 128.0) < 1.0, out.mean()  # clipped, it read 255
+
+
+def test_tiny_and_strip_images_are_skipped_counted_and_listed(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"ok{k}.png")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(folder / "dot.png")
+    Image.fromarray(np.zeros((10, 1000, 3), np.uint8)).save(folder / "strip.png")
+    with pytest.raises(SourceError, match="1x1 image"):
+        crop_resize(Image.open(folder / "dot.png"), 32)
+    attrs = prepare(folder, tmp_path / "run", size=32, workers=1, progress=False)
+    assert attrs["counts"]["images"] == 6 and attrs["counts"]["skipped"] == 2
+    assert sorted(s["id"] for s in attrs["skipped"]) == ["dot.png", "strip.png"]
+    assert "1000x10" in next(s["error"] for s in attrs["skipped"] if s["id"] == "strip.png")
+
+
+def test_failed_overwrite_of_imported_latents_keeps_the_old_store(tmp_path):
+    good = np.random.default_rng(0).normal(size=(500, 32)).astype(np.float32)
+    np.save(tmp_path / "good.npy", good)
+    bad = good[:300, :16].copy()
+    bad[7, 2] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    run = tmp_path / "run"
+    import_latents(tmp_path / "good.npy", run, progress=False)
+    with pytest.raises(LatentsError, match="row 7"):
+        import_latents(tmp_path / "bad.npy", run, overwrite=True, progress=False)
+    z = open_latents(run)["z"][:]
+    assert z.shape == (500, 32) and np.array_equal(z, good)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "good.npy", "run"]  # no half-built store left
+
+
+def test_damaged_and_object_npy_files_are_one_line_errors(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object))
+    (tmp_path / "trunc.npy").write_bytes((tmp_path / "obj.npy").read_bytes()[:20])
+    np.save(tmp_path / "full.npy", np.ones((1000, 8), np.float32))
+    (tmp_path / "short.npy").write_bytes((tmp_path / "full.npy").read_bytes()[:5000])
+    for name in ("obj.npy", "trunc.npy", "short.npy"):
+        with pytest.raises(LatentsError) as err:
+            import_latents(tmp_path / name, tmp_path / f"run_{name}", progress=False)
+        msg = str(err.value)
+        assert name in msg and "\n" not in msg, msg
+
+
+@pytest.fixture
+def own_run(trained_run, tmp_path):
+    """A copy of the session's trained run (cache, model, latents) that a test may damage."""
+    return shutil.copytree(trained_run, tmp_path / "run")
+
+
+def test_encode_refuses_to_replace_imported_latents(own_run, tmp_path):
+    np.save(tmp_path / "mine.npy", np.random.default_rng(1).normal(size=(300, 16)).astype(np.float32))
+    import_latents(tmp_path / "mine.npy", own_run, overwrite=True, progress=False)
+    with pytest.raises(ValueError, match="import-latents"):
+        encode(own_run, device="cpu", progress=False)
+    assert open_latents(own_run)["z"].shape == (300, 16)  # untouched
+    attrs = encode(own_run, device="cpu", progress=False, overwrite=True)
+    assert attrs["complete"] and open_latents(own_run)["z"].shape == (300, 32)
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_it_and_the_alternative(own_run, capsys):
+    best = own_run / "checkpoints" / "best.pt"
+    best.write_bytes(b"")  # a kill -9 during the copy, as it used to leave it
+    with pytest.raises(CheckpointError, match="best.pt is damaged.*--checkpoint .*last.pt"):
+        load_checkpoint(best)
+    assert main(["encode", "--run", str(own_run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "best.pt is damaged" in err, err
+
+
+def test_non_finite_weights_are_refused_by_encode(own_run):
+    ckpt = torch.load(own_run / "checkpoints" / "best.pt", weights_only=False)
+    first = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][first][...] = float("nan")
+    torch.save(ckpt, own_run / "checkpoints" / "best.pt")
+    shutil.rmtree(own_run / "latents.zarr")
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        encode(own_run, device="cpu", progress=False)
+    assert not (own_run / "latents.zarr").exists()
+
+
+def test_diverged_training_stops_at_once_and_writes_nothing_non_finite(tmp_path):
+    run = tmp_path / "run"
+    prepare("synthetic:120", run, size=32, workers=1, progress=False)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e30, device="cpu", grid_images=2)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step \d+.*no checkpoint was written"):
+        train(run, cfg, ModelConfig(size=32, z_dim=8, widths=(4, 4, 4, 4)), progress=False)
+    assert not list((run / "checkpoints").glob("*.pt"))
+
+
+def test_leftover_temporary_checkpoint_is_removed_on_the_next_run(tmp_path):
+    run = tmp_path / "run"
+    prepare("synthetic:120", run, size=32, workers=1, progress=False)
+    mcfg = ModelConfig(size=32, z_dim=8, widths=(4, 4, 4, 4))
+    train(run, TrainConfig(epochs=1, batch_size=16, device="cpu", grid_images=2), mcfg, progress=False)
+    (run / "checkpoints" / "last.tmp").write_bytes(b"")
+    train(run, TrainConfig(epochs=2, batch_size=16, device="cpu", grid_images=2), mcfg, resume=True, progress=False)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_zero_widths_is_a_one_line_error(tmp_path, capsys):
+    prepare("synthetic:40", tmp_path, size=32, workers=1, progress=False)
+    assert main(["train", "--run", str(tmp_path), "--widths", "0,0,0,0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "widths must be positive" in err, err
+
+
+def test_stats_on_fewer_points_than_dimensions_warns(tmp_path, caplog):
+    from engine.analysis.config import StatsConfig
+    from engine.analysis.stats import compute_stats
+
+    np.save(tmp_path / "five.npy", np.random.default_rng(2).normal(size=(5, 256)).astype(np.float32))
+    import_latents(tmp_path / "five.npy", tmp_path / "run", progress=False)
+    with caplog.at_level("WARNING"):
+        res = compute_stats(tmp_path / "run", StatsConfig(figures=False), progress=False)
+    assert "singular" in res["warnings"][0] and "5 points in 256 dimensions" in res["warnings"][0]
+    assert json.loads((tmp_path / "run" / "stats" / "stats.json").read_text())["warnings"] == res["warnings"]
+    assert any("singular" in r.message for r in caplog.records)
+
