@@ -82,6 +82,17 @@ def cmd_run(args) -> None:
         print(f"report: {res['report']}  (open it in a browser; the folder {Path(res['report']).parent} is self-contained)")
 
 
+def cmd_verify(args) -> int:
+    from engine.pipeline import verify
+
+    res = verify(args.run)
+    for c in res["checks"]:
+        print(f"{'ok' if c['ok'] else 'DAMAGED':8} {c['what']:26} {c.get('detail') or c.get('problem')}")
+    if not res["checks"]:
+        print(f"{args.run}: nothing to verify yet (no store, checkpoint or stage output)")
+    return 0 if res["ok"] else 1
+
+
 def cmd_report(args) -> dict:
     from engine.report.page import write_report
 
@@ -300,6 +311,8 @@ def _run_verbs(verb, sub) -> None:
     sp.add_argument("--device", default=TrainConfig.device)
 
     sp = verb("report", cmd_report, STAGES["report"].summary)
+    sp = verb("verify", cmd_verify, "check every store, checkpoint and output of RUN; say what is damaged and what "
+                                    "rebuilds it (exit 1 when something is)")
 
     sp = sub.add_parser("bench", help="time every stage against its baseline -> bench/results.json, RESULTS.md",
                         description="time every stage against the baseline a user would otherwise write")
@@ -344,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         again = "rerun it with --resume to continue" if args.verb == "train" else "rerun the same command to resume"
         print(f"\nzspace {args.verb}: interrupted; {again}", file=sys.stderr)
         return 130
+    if isinstance(result, int):  # a verb that printed its own answer and chose its exit code
+        return result
     if result is not None:
         print(json.dumps(result, indent=2, default=str))
     return 0

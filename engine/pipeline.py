@@ -25,10 +25,13 @@ from engine.analysis.config import StructureConfig, TSNEConfig
 from engine.analysis.stats import compute_stats
 from engine.analysis.structure import compute_structure
 from engine.analysis.tsne import compute_tsne
-from engine.data.imagecache import prepare
+from engine.data.imagecache import open_cache, prepare
 from engine.files import write_json_atomic
 from engine.generation.compare import compare
 from engine.generation.config import CompareConfig
+from engine.latents.store import open_latents
+from engine.layout import cache_path, checkpoints_dir, latents_path
+from engine.model.checkpoint import CheckpointError, nonfinite_weights, read_checkpoint
 from engine.model.config import ModelConfig, TrainConfig
 from engine.model.encode import encode
 from engine.model.train import train
@@ -180,3 +183,54 @@ def run(
         logger.info("[%d/%d] %-9s done in %.1f s", i, len(stages), name, timings[name])
     report = run / "report" / "index.html"
     return {"run": str(run), "seconds": timings, "report": str(report) if report.exists() else None}
+
+
+def _check(label: str, fn) -> dict:
+    """Run one check: {"what", "ok", "problem"}; a check raising a zspace error is a finding, not a crash."""
+    try:
+        detail = fn()
+        return {"what": label, "ok": True, "detail": detail}
+    except (ValueError, FileNotFoundError) as exc:
+        return {"what": label, "ok": False, "problem": str(exc)}
+
+
+def _check_checkpoint(path: Path) -> str:
+    ckpt = read_checkpoint(path)
+    bad = nonfinite_weights(ckpt["model"])
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights ({bad[0]}...): retrain with 'zspace train --overwrite'")
+    return f"epoch {ckpt['epoch']}"
+
+
+def _check_json(path: Path, rebuild: str) -> str:
+    try:
+        json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); rebuild it with '{rebuild}'") from None
+    return "valid JSON"
+
+
+def verify(run_dir: str | os.PathLike) -> dict:
+    """Check every store, checkpoint and stage output of ``run_dir``; say what is damaged and what rebuilds it.
+
+    Returns {"run", "ok", "checks": [{"what", "ok", "detail" | "problem"}]}; absent outputs of
+    stages that never ran are not damage and are not listed.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {run} does not exist")
+    checks = []
+    if cache_path(run).exists():
+        checks.append(_check("images.zarr", lambda: f"{open_cache(run)['images'].shape[0]} images, every chunk present"))
+    for name in ("last.pt", "best.pt"):
+        path = checkpoints_dir(run) / name
+        if path.exists():
+            checks.append(_check(f"checkpoints/{name}", lambda path=path: _check_checkpoint(path)))
+    if latents_path(run).exists():
+        checks.append(_check("latents.zarr", lambda: "z {} every chunk present".format(open_latents(run)["z"].shape)))
+    for stage in TABLE:
+        out = stage.output_path(run)
+        if out.suffix == ".json" and ".zarr" not in stage.output and out.exists():
+            checks.append(_check(stage.output, lambda out=out, stage=stage: _check_json(out, stage.command(run))))
+    ok = all(c["ok"] for c in checks)
+    return {"run": str(run), "ok": ok, "checks": checks}

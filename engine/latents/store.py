@@ -16,6 +16,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from engine.layout import chunk_rows, latents_path
+from engine.stores import WRITE_ALL, check_arrays, fill_for, open_group
 
 BLOCK_BYTES = 16 << 20  # rows per streamed block: ~16 MB of float32; each block makes a few float64 temporaries
 
@@ -50,7 +51,8 @@ def iter_blocks(z, rows: int | None = None, progress: bool = False, desc: str = 
 
 def create_rows_array(group: zarr.Group, name: str, n: int, d: int, dtype="float32") -> zarr.Array:
     """An (n, d) array chunked like ``z`` (>= 1 MB row chunks), replacing any old one."""
-    return group.create_array(name, shape=(n, d), chunks=(min(n, chunk_rows(d)) or 1, d), dtype=dtype, overwrite=True)
+    return group.create_array(name, shape=(n, d), chunks=(min(n, chunk_rows(d)) or 1, d), dtype=dtype, overwrite=True,
+                              fill_value=fill_for(dtype), config=WRITE_ALL)
 
 
 def open_latents(run_dir: str | os.PathLike) -> zarr.Group:
@@ -60,9 +62,11 @@ def open_latents(run_dir: str | os.PathLike) -> zarr.Group:
         raise FileNotFoundError(
             f"{path} does not exist: run 'zspace encode --run {run_dir}' or 'zspace import-latents FILE --run {run_dir}'"
         )
-    group = zarr.open_group(path, mode="r")
+    rebuild = f"zspace encode --run {run_dir} (or import-latents FILE --overwrite)"
+    group = open_group(path, "r", rebuild)
     if not group.attrs.get("complete", True):
         raise ValueError(f"{path} is incomplete (interrupted encode): rerun 'zspace encode --run {run_dir}'")
+    check_arrays(group, path, ("z", "recon_mse"), rebuild)
     return group
 
 

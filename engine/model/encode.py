@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from engine.data.imagecache import open_cache
 from engine.layout import chunk_rows, default_checkpoint, latents_path
+from engine.stores import WRITE_ALL, missing_rows
 from engine.model.autoencoder import to_input
 from engine.model.checkpoint import load_checkpoint
 from engine.model.config import EncodeConfig
@@ -54,8 +55,11 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
             store = zarr.open_group(out, mode="r+")
         except Exception:
             store = None
-        if store is not None and store.attrs.get("checkpoint_sha256") == sha and store.attrs.get("n") == n:
+        same = store is not None and store.attrs.get("checkpoint_sha256") == sha and store.attrs.get("n") == n
+        if same and not (store.attrs.get("complete") and missing_rows(store["z"], out / "z")):
             return store
+        if same:
+            logger.warning("%s lacks chunks of z: encoding it again", out)
         kind = (store.attrs.get("source") or {}).get("kind") if store is not None else None
         if kind == "imported" and not overwrite:
             raise ValueError(f"{out} holds latents brought in with import-latents ({store.attrs['source'].get('file')}); "
@@ -64,8 +68,10 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
         shutil.rmtree(out)
     rows = chunk_rows(z_dim)
     store = zarr.open_group(out, mode="w")
-    store.create_array("z", shape=(n, z_dim), chunks=(rows, z_dim), dtype="float32")
-    store.create_array("recon_mse", shape=(n,), chunks=(rows,), dtype="float32")
+    # NaN fill and every chunk written: an absent chunk can never read as latents
+    store.create_array("z", shape=(n, z_dim), chunks=(rows, z_dim), dtype="float32", fill_value=np.nan,
+                       config=WRITE_ALL)
+    store.create_array("recon_mse", shape=(n,), chunks=(rows,), dtype="float32", fill_value=np.nan, config=WRITE_ALL)
     for name in ("split", "identity"):
         if name in cache:
             src = cache[name][:]
