@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -13,7 +14,12 @@ from engine.analysis.config import StatsConfig, StructureConfig, TSNEConfig
 from engine.data.config import PrepareConfig
 from engine.generation.config import SAMPLERS, CompareConfig, GenerateConfig, PathsConfig
 from engine.model.config import LOSSES, EncodeConfig, ModelConfig, TrainConfig
+from engine.files import run_lock
 from engine.stages import STAGE_NAMES, STAGES
+
+# verbs that write RUN: one process at a time per run directory
+WRITERS = {"prepare", "train", "encode", "import-latents", "stats", "structure", "tsne", "generate", "paths",
+           "compare", "report", "run"}
 
 
 def _positive_int(text: str) -> int:
@@ -341,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _lock(args):
+    """The run directory's lock for verbs that write it (none for a directory a typo names: the verb explains)."""
+    creates = args.verb in ("prepare", "import-latents", "run")
+    if args.verb in WRITERS and (creates or Path(args.run).is_dir()):
+        return run_lock(args.run, args.verb)
+    return contextlib.nullcontext()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
@@ -348,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("faiss", "openTSNE", "numba", "matplotlib", "PIL"):  # their INFO lines say nothing to a user
         logging.getLogger(noisy).setLevel(level if args.verbose else max(level, logging.WARNING))
     try:
-        result = args.func(args)
+        with _lock(args):
+            result = args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         logging.getLogger("zspace").debug("error", exc_info=True)
         print(f"zspace {args.verb}: error: {exc}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -30,3 +32,41 @@ def read_json(path: str | os.PathLike) -> dict | None:
     """The JSON object in ``path``, or None when the file is absent."""
     path = Path(path)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+class RunBusy(ValueError):
+    """Another zspace process is writing the same run directory."""
+
+
+LOCK_NAME = ".zspace.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike, what: str):
+    """Hold ``RUN/.zspace.lock`` while ``what`` writes the run directory; ``RunBusy`` names the holder.
+
+    An advisory ``flock``: the kernel releases it when the holder exits, however it
+    exits (kill -9 included), so a lock is never left stale.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    f = open(run / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunBusy(f"{run} is in use by {holder}; wait for it to finish (one zspace process at a time writes "
+                      f"a run directory)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} (zspace {what})")
+    f.flush()
+    try:
+        yield
+    finally:
+        f.seek(0)
+        f.truncate()
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()

@@ -148,3 +148,59 @@ def test_stats_on_fewer_points_than_dimensions_warns(tmp_path, caplog):
     assert json.loads((tmp_path / "run" / "stats" / "stats.json").read_text())["warnings"] == res["warnings"]
     assert any("singular" in r.message for r in caplog.records)
 
+
+
+def test_two_processes_on_one_run_directory_the_second_is_refused_naming_the_first(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    prepare("synthetic:600", tmp_path / "run", size=32, workers=1, progress=False)
+    base = [sys.executable, str(REPO / "cli.py"), "-q", "train", "--run", str(tmp_path / "run"), "--batch-size", "16",
+            "--z-dim", "8", "--device", "cpu"]
+    cmd = base + ["--epochs", "30"]
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / "run" / ".zspace.lock"
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and lock.read_text().startswith("pid")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = subprocess.run(cmd + ["--overwrite"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert f"in use by pid {first.pid} (zspace train)" in second.stderr and second.stderr.count("\n") == 1
+    finally:
+        first.kill()
+        first.wait()
+    # the kernel released the killed holder's lock: the next command runs
+    third = subprocess.run(base + ["--epochs", "1", "--overwrite"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr
+
+
+def test_killing_prepare_leaves_no_worker_processes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from tests.conftest import REPO
+
+    cmd = [sys.executable, str(REPO / "cli.py"), "-q", "prepare", "synthetic:50000", "--run", str(tmp_path / "run"),
+           "--workers", "2"]
+    parent = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = psutil.Process(parent.pid)
+    deadline = time.monotonic() + 60
+    children = []
+    while time.monotonic() < deadline:
+        children = proc.children(recursive=True)
+        if len(children) >= 3:  # the resource tracker and two decode workers
+            break
+        time.sleep(0.2)
+    assert len(children) >= 2, f"workers never started: {children}"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"still running after the parent was killed: {[(p.pid, p.name()) for p in alive]}"

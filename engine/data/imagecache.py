@@ -16,12 +16,15 @@ does nothing. Unreadable files leave holes that are closed once at the end.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -54,7 +57,18 @@ def _fingerprint(source: Source, size: int) -> str:
 _WORKER: dict = {}
 
 
-def _init_worker(source: Source, array_path: str) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this worker when its parent dies (a kill -9 of prepare leaves no orphans)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _init_worker(source: Source, array_path: str, parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with_parent(parent)
     # one decode per process; nested BLAS/OpenMP threads would only oversubscribe
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER["source"] = source
@@ -134,7 +148,7 @@ def _decode_all(group: zarr.Group, path: Path, src: Source, size: int, workers: 
         else:
             ctx = mp.get_context("spawn")  # zarr's I/O thread makes fork unsafe
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(src, array_path)) as pool:
+                                     initargs=(src, array_path, os.getpid())) as pool:
                 window = 3 * workers  # bounded in-flight blocks keep memory flat
                 pending = []
                 for task in tasks:
