@@ -70,6 +70,15 @@ PROFILES = {
 OUTPUTS = {s.name: s.output for s in TABLE}
 
 
+# what a stage rebuilt from scratch throws away (the later stages only overwrite their own folders)
+DISCARDS = {"prepare": "images.zarr", "train": "checkpoints/ and train/", "encode": "latents.zarr"}
+
+
+def _changes(old: dict, new: dict) -> str:
+    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(diff) or "an earlier stage changed"
+
+
 def stage_options(p: Profile) -> dict[str, dict]:
     """The options each stage's result depends on (the device is not one of them)."""
     return {
@@ -172,6 +181,9 @@ def run(
         fresh = rec is not None and not same  # started or finished with other options or inputs: start over
         why = ("options or inputs changed: running again" if fresh else "resuming" if same else "running")
         logger.info("[%d/%d] %-9s %s %s", i, len(stages), name, why, options[name] or "")
+        if fresh and name in DISCARDS and (run / OUTPUTS[name]).exists():
+            logger.warning("%s: options or inputs changed (%s): discarding %s and building it again", name,
+                           _changes(rec.get("options") or {}, options[name]), DISCARDS[name])
         done[name] = {"key": keys[name], "options": options[name], "finished": None}
         _save_state(run, state)
         t0 = time.perf_counter()

@@ -204,3 +204,39 @@ def test_killing_prepare_leaves_no_worker_processes(tmp_path):
     parent.wait()
     gone, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, f"still running after the parent was killed: {[(p.pid, p.name()) for p in alive]}"
+
+
+def test_a_new_image_cache_makes_the_model_latents_and_statistics_stale(own_run, capsys):
+    from engine.analysis.config import StatsConfig
+    from engine.analysis.planes import dominant_components
+    from engine.analysis.stats import compute_stats
+
+    compute_stats(own_run, StatsConfig(figures=False), progress=False)
+    prepare("synthetic:300:7", own_run, size=64, workers=1, overwrite=True, progress=False)  # other faces
+    run = str(own_run)
+    for argv, says in ((["stats", "--run", run], "encoded from another image cache"),
+                       (["train", "--run", run, "--resume", "--epochs", "3", "--device", "cpu"],
+                        "trained on another image cache"),
+                       (["encode", "--run", run, "--device", "cpu"], "trained on another image cache")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, (argv, err)
+    # new latents (imported here) make the old stats.json stale: its dominant components are not used
+    np.save(own_run / "new.npy", np.random.default_rng(5).normal(size=(300, 32)).astype(np.float32) * 0.1)
+    import_latents(own_run / "new.npy", own_run, overwrite=True, progress=False)
+    std = np.ones(32)
+    std[[4, 9]] = 3.0
+    assert dominant_components(own_run, std) == [4, 9]
+
+
+def test_zspace_run_says_at_warning_level_what_it_discards(tmp_path, caplog):
+    from engine.pipeline import run
+    from tests.conftest import TINY
+
+    opts = {**TINY, "compare_n": 20, "tsne_n": 100}
+    run(tmp_path, quick=True, device="cpu", progress=False, until="encode", **opts)
+    with caplog.at_level("WARNING", logger="engine.pipeline"):
+        run(tmp_path, quick=True, device="cpu", progress=False, until="train", **{**opts, "epochs": 2})
+    msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("train: options or inputs changed (epochs 1 -> 2)" in m and "discarding checkpoints/" in m
+               for m in msgs), msgs

@@ -11,6 +11,7 @@ around voids would show as more empty cells in the data than in the null.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,10 @@ from scipy import stats as sstats
 
 from engine.analysis.gaussian import GaussianFit
 from engine.figures import subplots
+from engine.latents.store import latents_key
 from kernels.raster import density_raster
+
+logger = logging.getLogger(__name__)
 
 PCA_PLANES = ((1, 2), (1, 18), (8, 35))  # 1-based, as the study numbers them
 WINDOWS = (5.0, 1.0, 0.5)  # window sides; 0.5 is the study's +-0.25 square
@@ -95,11 +99,21 @@ def plane_views(out_dir: Path, x: np.ndarray, null: np.ndarray, fit: GaussianFit
     return summaries, figs
 
 
+def stale(stage_json: dict, run: Path) -> bool:
+    """True when a stage's JSON names the latents it was made from and latents.zarr now holds others."""
+    made_from = (stage_json.get("inputs") or {}).get("latents_key")
+    return made_from is not None and made_from != latents_key(run)
+
+
 def dominant_components(run: Path, std: np.ndarray) -> list[int]:
     """The two most dominant components from stats.json when `zspace stats` ran, else the two widest (``std``)."""
     path = run / "stats" / "stats.json"
     if path.exists():
         stats = json.loads(path.read_text())
+        if stale(stats, run):
+            logger.warning("%s was made from other latents than latents.zarr holds now: ignoring its dominant "
+                           "components (run 'zspace stats --run %s' to refresh it)", path, run)
+            return [int(j) for j in np.argsort(-np.asarray(std))[:2]]
         dom = stats.get("dominant", [])
         if len(dom) >= 2:
             return sorted(dom, key=lambda j: -stats["components"][j]["std"])[:2]

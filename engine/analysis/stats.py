@@ -232,6 +232,7 @@ def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None,
     iu = np.triu_indices(d, 1)
     result = {
         "n": int(n), "d": int(d), "source": dict(group.attrs).get("source"),
+        "inputs": {"latents_key": group.attrs.get("key")},
         "config": {**asdict(cfg), "radius_bin_widths": list(cfg.radius_bin_widths)},
         "components": components,
         "dominant": [int(j) for j in np.flatnonzero(dominant)],

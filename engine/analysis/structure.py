@@ -32,7 +32,7 @@ from engine.analysis.knn import build_index, knn, recall_at_k
 from engine.analysis.planes import dominant_components, plane_views
 from engine.analysis.structure_figures import structure_figures
 from engine.files import write_json_atomic
-from engine.latents.store import iter_blocks, open_latents
+from engine.latents.store import iter_blocks, latents_key, open_latents
 from engine.layout import latents_path, stage_dir
 from kernels.intrinsic import levina_bickel_dimension, twonn_dimension
 from kernels.localdim import local_dim_summary, local_pca
@@ -224,6 +224,7 @@ def compute_structure(run_dir: str | os.PathLike, config: StructureConfig | None
     void = {name: void_statistic(probes, s, cfg.query_block) for name, s in (("data", data_s), ("null", null_s))}
     result = {
         "n": int(n), "d": int(d), "k": cfg.k, "index": cfg.index, "sampled": rows is not None,
+        "inputs": {"latents_key": latents_key(run)},
         "config": asdict(cfg),
         "judged": (f"differs when |data - null| > {Z_LIMIT:g} bootstrap standard errors and the relative difference "
                    f"> {REL_LIMIT:.0%}; KS distances beside the KS between two halves of the null"),

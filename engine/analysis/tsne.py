@@ -229,6 +229,7 @@ def compute_tsne(run_dir: str | os.PathLike, config: TSNEConfig | None = None, p
 
     result = {
         "n": int(n), "n_total": int(n_all), "d": int(d), "embedded_dim": int(x.shape[1]), "space": space,
+        "inputs": {"latents_key": group.attrs.get("key")},
         "pca_source": pca_source, "sampled": bool(n < n_all), "threads": _threads(cfg.n_jobs),
         "config": asdict(cfg),
         "openTSNE": {"early_exaggeration_iter": EARLY_EXAGGERATION_ITER,

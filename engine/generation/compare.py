@@ -184,7 +184,8 @@ def compare(run_dir: str | os.PathLike, n: int = CompareConfig.n, seed: int = Co
     model, dev, prec = load_model(run, device=device)
     ref = Reference(z, train_rows, model, dev, prec, seed)
 
-    result: dict = {"n": n, "seed": seed, "spread": ref.spread, "nn_distance": ref.nn_distance, "radius": ref.radius,
+    result: dict = {"n": n, "seed": seed, "inputs": {"latents_key": group.attrs.get("key")}, "spread": ref.spread,
+                    "nn_distance": ref.nn_distance, "radius": ref.radius,
                     "train_points": int(len(train_rows)), "detector": DEFAULT.settings(), "samplers": {}}
     recon = None
     order = sorted(samplers, key=lambda s: s != "data")  # reconstructions first: the sharpness reference

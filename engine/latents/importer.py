@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,7 @@ def import_latents(
     group.attrs.update(
         source={"kind": "imported", "file": str(path.resolve()), "shape": list(shape), "dtype": str(arr.dtype)},
         z_dim=d, n=written, dropped_nonfinite=len(dropped), dropped_rows=dropped[:100], complete=True,
+        key=uuid.uuid4().hex,
     )
     swap_in(tmp, out)
     if dropped:

@@ -7,6 +7,7 @@ of ``engine.layout``; readers go through ``open_latents`` and ``iter_blocks``.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from engine.layout import chunk_rows, latents_path
+from engine.layout import cache_path, chunk_rows, latents_path
 from engine.stores import WRITE_ALL, check_arrays, fill_for, open_group
 
 BLOCK_BYTES = 16 << 20  # rows per streamed block: ~16 MB of float32; each block makes a few float64 temporaries
@@ -67,7 +68,28 @@ def open_latents(run_dir: str | os.PathLike) -> zarr.Group:
     if not group.attrs.get("complete", True):
         raise ValueError(f"{path} is incomplete (interrupted encode): rerun 'zspace encode --run {run_dir}'")
     check_arrays(group, path, ("z", "recon_mse"), rebuild)
+    made_from = group.attrs.get("cache_fingerprint")
+    cache = cache_path(run_dir) / "zarr.json"
+    if made_from is not None and cache.exists():
+        try:
+            now = json.loads(cache.read_text()).get("attributes", {}).get("fingerprint")
+        except ValueError:  # a damaged cache is reported by the stages that read it
+            now = None
+        if now is not None and now != made_from:
+            raise ValueError(f"{path} was encoded from another image cache (images.zarr was prepared again since): "
+                             f"run 'zspace train --run {run_dir} --overwrite' and 'zspace encode --run {run_dir}'")
     return group
 
 
-__all__ = ["BLOCK_BYTES", "LatentsError", "block_size", "create_rows_array", "iter_blocks", "open_latents"]
+def latents_key(run_dir: str | os.PathLike) -> str | None:
+    """The key of the finished latent store (new on every encode or import), or None."""
+    path = latents_path(run_dir) / "zarr.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text()).get("attributes", {}).get("key")
+    except ValueError:
+        return None
+
+
+__all__ = ["BLOCK_BYTES", "LatentsError", "block_size", "create_rows_array", "iter_blocks", "latents_key", "open_latents"]

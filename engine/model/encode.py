@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,7 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
         checkpoint=str(checkpoint), checkpoint_sha256=sha, checkpoint_epoch=int(ckpt["epoch"]),
         z_dim=z_dim, n=n, source=cache.attrs["source"], size=int(cache.attrs["size"]),
         crop=cache.attrs["crop"], model=ckpt["config"]["model"], loss=ckpt["config"]["train"]["loss"],
+        cache_fingerprint=cache.attrs.get("fingerprint"),
         complete=False, rows_done=0, seconds=0.0,
     )
     return store
@@ -135,6 +137,10 @@ def encode(
     z_dim = model.config.z_dim
     if model.config.size != images.shape[1]:
         raise ValueError(f"checkpoint expects {model.config.size}px images, the cache holds {images.shape[1]}px")
+    trained_on = ckpt["config"].get("data", {}).get("cache_fingerprint")
+    if trained_on is not None and trained_on != cache.attrs.get("fingerprint"):
+        raise ValueError(f"{checkpoint} was trained on another image cache (images.zarr was prepared again since): "
+                         f"run 'zspace train --run {run} --overwrite' first")
     out = latents_path(run)
     store = _open_store(out, cache, checkpoint, ckpt, file_sha256(checkpoint), z_dim, overwrite)
     if store.attrs.get("complete"):
@@ -160,6 +166,6 @@ def encode(
         bar.update(stop - start)
     bar.close()
     total = seconds + time.perf_counter() - t0
-    store.attrs.update(complete=True, seconds=total, images_per_second=n / max(total, 1e-9))
+    store.attrs.update(complete=True, seconds=total, images_per_second=n / max(total, 1e-9), key=uuid.uuid4().hex)
     logger.info("encoded %d images into %s (%d x %d) in %.1f s", n, out, n, z_dim, total)
     return dict(store.attrs)

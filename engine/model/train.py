@@ -97,14 +97,20 @@ def reconstruct(model, images: np.ndarray, device, precision, channels_last) -> 
     return out.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _prepare_dirs(run: Path, mcfg: ModelConfig, explicit_model: bool, resume: bool, overwrite: bool):
-    """(checkpoint to resume or None, model config): refuses to discard checkpoints without --overwrite."""
+def _prepare_dirs(run: Path, mcfg: ModelConfig, explicit_model: bool, resume: bool, overwrite: bool,
+                  cache_key: str | None = None):
+    """(checkpoint to resume or None, model config): refuses to discard checkpoints without --overwrite,
+    and to resume a model trained on another image cache."""
     ckpt_dir, out_dir = checkpoints_dir(run), stage_dir(run, "train")
     last_path = ckpt_dir / "last.pt"
     ckpt = None
     if last_path.exists():
         if resume:
             ckpt = read_checkpoint(last_path)
+            trained_on = ckpt["config"].get("data", {}).get("cache_fingerprint")
+            if trained_on is not None and cache_key is not None and trained_on != cache_key:
+                raise ValueError(f"{last_path} was trained on another image cache (images.zarr was prepared again "
+                                 f"since): pass --overwrite instead of --resume to train on the new images")
             saved = ModelConfig.from_dict(ckpt["config"]["model"])
             if saved != mcfg and explicit_model:
                 raise ValueError(f"--resume with a different model: checkpoint has {saved}, asked for {mcfg}")
@@ -216,7 +222,7 @@ def train(
     mcfg = model_config or ModelConfig(size=size)
     if mcfg.size != size:
         raise ValueError(f"model size {mcfg.size} does not match the image cache's size {size}")
-    ckpt, mcfg = _prepare_dirs(run, mcfg, model_config is not None, resume, overwrite)
+    ckpt, mcfg = _prepare_dirs(run, mcfg, model_config is not None, resume, overwrite, cache.attrs.get("fingerprint"))
     out_dir = stage_dir(run, "train")
     last_path, best_path = checkpoints_dir(run) / "last.pt", checkpoints_dir(run) / "best.pt"
 
@@ -236,7 +242,7 @@ def train(
         logger.info("training already finished (%d epochs); nothing to do", start_epoch - 1)
         return history[-1] if history else {"epoch": start_epoch - 1}
     log_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-    full_config = {"model": mcfg.to_dict(), "train": asdict(cfg)}
+    full_config = {"model": mcfg.to_dict(), "train": asdict(cfg), "data": {"cache_fingerprint": cache.attrs.get("fingerprint")}}
     write_json_atomic(out_dir / "config.json", {**full_config, "device": str(device), "precision": precision.name,
                                                 "channels_last": cfg.channels_last}, indent=2)
     logger.info("training %d epochs on %d images (%d validation), device %s, precision %s, data %s", cfg.epochs,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.analysis.planes import plane_figure_name
+from engine.analysis.planes import plane_figure_name, stale
 from engine.data.sources import TEST
 from engine.latents.store import open_latents
 from engine.stages import STAGES
@@ -50,6 +50,16 @@ def _json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def _stage_json(run: Path, stage: str) -> dict | None:
+    """A stage's JSON, or None when absent or made from other latents than latents.zarr holds now (stale)."""
+    res = _json(STAGES[stage].output_path(run))
+    if res is not None and stale(res, run):
+        logger.warning("%s is stale (made from other latents): left out; run '%s' to refresh it",
+                       STAGES[stage].output_path(run), STAGES[stage].command(run))
+        return None
+    return res
 
 
 def _f(x, digits=3) -> str:
@@ -161,7 +171,7 @@ def _fragmented(run: Path) -> Section:
     s = Section("Is it one smooth cloud, or filaments and voids?",
                 "Every statistic is measured on the data and on the same number of points drawn from the normal "
                 "distribution fitted to them (the null model).")
-    sj = _json(STAGES["structure"].output_path(run))
+    sj = _stage_json(run, "structure")
     if sj is None:
         s.missing.append(STAGES["structure"].command(run))
     else:
@@ -187,7 +197,7 @@ def _fragmented(run: Path) -> Section:
                                     f"Points within a thin slab around the plane, data above null. Empty cells inside "
                                     f"the 95% ellipse (window {w['side']:g}): data {w['empty_share_data']:.3f}, "
                                     f"null {w['empty_share_null']:.3f}."))
-    tj = _json(STAGES["tsne"].output_path(run))
+    tj = _stage_json(run, "tsne")
     if tj is None:
         s.missing.append(STAGES["tsne"].command(run))
     else:
@@ -202,7 +212,7 @@ def _fragmented(run: Path) -> Section:
 def _faces(run: Path) -> Section:
     s = Section("Which z-points decode to faces?",
                 "Decoded images judged by OpenCV's Haar frontal-face cascade (not trained here), with its calibration.")
-    cj = _json(STAGES["compare"].output_path(run))
+    cj = _stage_json(run, "compare")
     if cj is None:
         s.missing.append(STAGES["compare"].command(run))
         return s
@@ -244,7 +254,7 @@ def _faces(run: Path) -> Section:
 
 
 def _sections(run: Path) -> list[Section]:
-    st = _json(STAGES["stats"].output_path(run))
+    st = _stage_json(run, "stats")
     return [_training(run), _region(run, st), _shape(run, st), _fragmented(run), _faces(run)]
 
 
