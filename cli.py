@@ -12,9 +12,9 @@ from pathlib import Path
 # light modules only (dataclasses, the stage table): `zspace --help` never imports torch
 from engine.analysis.config import StatsConfig, StructureConfig, TSNEConfig
 from engine.data.config import PrepareConfig
+from engine.files import run_lock
 from engine.generation.config import SAMPLERS, CompareConfig, GenerateConfig, PathsConfig
 from engine.model.config import LOSSES, EncodeConfig, ModelConfig, TrainConfig
-from engine.files import run_lock
 from engine.stages import STAGE_NAMES, STAGES
 
 # verbs that write RUN: one process at a time per run directory

@@ -240,3 +240,51 @@ def test_zspace_run_says_at_warning_level_what_it_discards(tmp_path, caplog):
     msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("train: options or inputs changed (epochs 1 -> 2)" in m and "discarding checkpoints/" in m
                for m in msgs), msgs
+
+
+@pytest.mark.slow  # a few minutes on 2 cores: three stages, each killed three times and resumed
+def test_kill_9_at_random_points_then_resume_equals_a_clean_run(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    def cli(run, *argv):
+        return [sys.executable, str(REPO / "cli.py"), "-q", argv[0], *argv[1:], "--run", str(run)]
+
+    stages = (("prepare", "synthetic:1000", "--size", "32", "--workers", "2"),
+              ("train", "--epochs", "2", "--batch-size", "32", "--z-dim", "8", "--widths", "4,8,8,8", "--device",
+               "cpu", "--resume"),
+              ("encode", "--device", "cpu"))
+    clean, faulty = tmp_path / "clean", tmp_path / "faulty"
+    seconds = {}
+    for argv in stages:
+        t0 = time.perf_counter()
+        subprocess.run(cli(clean, *argv), cwd=REPO, check=True, capture_output=True)
+        seconds[argv[0]] = time.perf_counter() - t0
+    rng = np.random.default_rng(11)
+    kills = 0
+    for argv in stages:
+        for _ in range(3):
+            p = subprocess.Popen(cli(faulty, *argv), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.3, 0.95) * seconds[argv[0]])
+            kills += p.poll() is None
+            p.kill()
+            p.wait()
+        done = subprocess.run(cli(faulty, *argv), cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, (argv[0], done.stderr)
+    assert kills >= 6, f"only {kills} of 9 kills hit a running stage"
+    a, b = zarr_group(clean / "images.zarr"), zarr_group(faulty / "images.zarr")
+    np.testing.assert_array_equal(a["images"][:], b["images"][:])
+    assert list(a["ids"][:]) == list(b["ids"][:])
+    wa = torch.load(clean / "checkpoints" / "last.pt", weights_only=False)["model"]
+    wb = torch.load(faulty / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed training differs from the clean run"
+    np.testing.assert_array_equal(zarr_group(clean / "latents.zarr")["z"][:], zarr_group(faulty / "latents.zarr")["z"][:])
+
+
+def zarr_group(path):
+    import zarr
+
+    return zarr.open_group(path, mode="r")

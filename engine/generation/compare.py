@@ -41,7 +41,7 @@ from engine.data.feed import read_rows
 from engine.data.imagecache import open_cache
 from engine.data.sources import TRAIN
 from engine.figures import subplots
-from engine.files import write_json_atomic
+from engine.files import write_json_atomic, write_text_atomic
 from engine.generation.config import CompareConfig
 from engine.generation.generate import decode_with, encode_with, load_model, load_z, sampler_info, write_samples
 from engine.generation.judge import DEFAULT, calibration, detect, sharpness, wilson_interval
@@ -230,7 +230,7 @@ def compare(run_dir: str | os.PathLike, n: int = CompareConfig.n, seed: int = Co
     result["files"] = {"table": "compare.md", "figure": "compare.png",
                        "grids": {k: f"{k}/grid.png" for k in result["samplers"]}}
     write_json_atomic(out / "compare.json", result)
-    (out / "compare.md").write_text(markdown_table(result))
+    write_text_atomic(out / "compare.md", markdown_table(result))
     draw_compare(out / "compare.png", result)
     logger.info("compare: %d samplers, %d paths in %.1f s -> %s", len(samplers), len(result["paths"]),
                 result["seconds"], out / "compare.json")

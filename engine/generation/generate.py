@@ -6,7 +6,6 @@ float32, images.npy (n, S, S, 3) uint8 and sampler.json (settings, seed).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict
@@ -17,6 +16,7 @@ import torch
 
 from engine.data.sources import TEST
 from engine.figures import save_image_grid
+from engine.files import write_json_atomic
 from engine.generation.config import GenerateConfig
 from engine.generation.sampling import Sampler, SamplerConfig
 from engine.latents.store import iter_blocks, open_latents
@@ -91,7 +91,7 @@ def write_samples(out: Path, zs: np.ndarray, images: np.ndarray, info: dict) -> 
     np.save(out / "z.npy", zs)
     np.save(out / "images.npy", images)
     save_image_grid(out / "grid.png", images[:64], ncols=8, scale=2)
-    (out / "sampler.json").write_text(json.dumps(info, indent=1))
+    write_json_atomic(out / "sampler.json", info)
 
 
 def sampler_info(s: Sampler, n: int, seed: int, zs: np.ndarray) -> dict:

@@ -30,11 +30,11 @@ from tqdm.auto import tqdm
 
 from engine.data.imagecache import open_cache
 from engine.layout import chunk_rows, default_checkpoint, latents_path
-from engine.stores import WRITE_ALL, missing_rows
 from engine.model.autoencoder import to_input
 from engine.model.checkpoint import load_checkpoint
 from engine.model.config import EncodeConfig
 from engine.model.precision import resolve_device, resolve_precision
+from engine.stores import WRITE_ALL, missing_rows
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ uninterrupted run with the same seed.
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
 import shutil
 import time
@@ -33,11 +33,18 @@ from engine.data.feed import BatchFeed, read_rows
 from engine.data.imagecache import open_cache
 from engine.data.sources import TEST, TRAIN, VALIDATION
 from engine.figures import save_image_grid, save_loss_curve
-from engine.files import write_json_atomic
+from engine.files import write_json_atomic, write_text_atomic
 from engine.layout import checkpoints_dir, stage_dir
 from engine.model.autoencoder import Autoencoder, to_input
-from engine.model.checkpoint import (copy_checkpoint, nonfinite_weights, read_checkpoint, remove_leftovers,
-                                     rng_state, save_checkpoint, set_rng_state)
+from engine.model.checkpoint import (
+    copy_checkpoint,
+    nonfinite_weights,
+    read_checkpoint,
+    remove_leftovers,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from engine.model.config import ModelConfig, TrainConfig
 from engine.model.precision import resolve_device, resolve_precision
 
@@ -241,7 +248,7 @@ def train(
     if start_epoch > cfg.epochs:
         logger.info("training already finished (%d epochs); nothing to do", start_epoch - 1)
         return history[-1] if history else {"epoch": start_epoch - 1}
-    log_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    write_text_atomic(log_path, "".join(json.dumps(h) + "\n" for h in history))
     full_config = {"model": mcfg.to_dict(), "train": asdict(cfg), "data": {"cache_fingerprint": cache.attrs.get("fingerprint")}}
     write_json_atomic(out_dir / "config.json", {**full_config, "device": str(device), "precision": precision.name,
                                                 "channels_last": cfg.channels_last}, indent=2)

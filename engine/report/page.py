@@ -20,6 +20,7 @@ import numpy as np
 
 from engine.analysis.planes import plane_figure_name, stale
 from engine.data.sources import TEST
+from engine.files import write_text_atomic
 from engine.latents.store import open_latents
 from engine.stages import STAGES
 
@@ -338,8 +339,8 @@ def write_report(run_dir: str | os.PathLike) -> dict:
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
             f"<h1>{html.escape(title)}</h1>" + "".join(f'<p class="meta">{html.escape(m)}</p>' for m in meta)
             + f"<nav>{nav}</nav>" + "\n".join(body) + "</body></html>\n")
-    (out / "index.html").write_text(page)
-    (out / "report.md").write_text("\n".join(md) + "\n")
+    write_text_atomic(out / "index.html", page)
+    write_text_atomic(out / "report.md", "\n".join(md) + "\n")
     if missing_files:
         logger.warning("report: %d figures named by the stages' JSON are missing, e.g. %s", len(missing_files), missing_files[0])
     logger.info("report: %d figures in %d sections -> %s", nfig, len(sections), out / "index.html")
