@@ -11,9 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FLOAT_DTYPES", "check_rows", "check_out", "check_shape"]
+__all__ = ["FLOAT_DTYPES", "PARALLEL_MIN_ELEMENTS", "check_rows", "check_out", "check_shape", "use_threads"]
 
 FLOAT_DTYPES = (np.float32, np.float64)
+
+# Below about a million elements a kernel runs in milliseconds on one thread, while its
+# threaded variant, never cached on disk, costs seconds of compilation in every new
+# process: ``parallel=None`` (the default) picks the cached serial variant for such inputs.
+PARALLEL_MIN_ELEMENTS = 1 << 20
+
+
+def use_threads(parallel: bool | None, size: int) -> bool:
+    """The variant to run: ``parallel`` when given, else threads for inputs of at least PARALLEL_MIN_ELEMENTS."""
+    return bool(parallel) if parallel is not None else size >= PARALLEL_MIN_ELEMENTS
 
 # Shape labels used in messages when the caller gives none.
 _DIMS = {1: "(N,)", 2: "(N, D)"}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels.checks import check_out, check_rows
+from kernels.checks import check_out, check_rows, use_threads
 
 __all__ = [
     "uniform_edges",
@@ -119,7 +119,7 @@ def _check_row_count(name, n):
         raise ValueError(f"{name} has {n} rows; pass blocks of fewer than 2**31 rows")
 
 
-def component_histograms(x, lo, width, nbins, out, parallel=True):
+def component_histograms(x, lo, width, nbins, out, parallel=None):
     """Histogram every column of ``x`` at once, accumulating into ``out``.
 
     x: float32 or float64 (N, D), C-contiguous (N may be 0).
@@ -138,7 +138,7 @@ def component_histograms(x, lo, width, nbins, out, parallel=True):
     _check_row_count("x", x.shape[0])
     _check_uniform(lo, width, nbins)
     check_out(out, "out", np.int64, (x.shape[1], nbins))
-    if parallel:
+    if use_threads(parallel, x.size):
         _component_histograms_par(x, float(lo), float(width), int(nbins), numba.get_num_threads(), out)
     else:
         _component_histograms_ser(x, float(lo), float(width), int(nbins), 1, out)
@@ -150,7 +150,7 @@ def component_histograms_serial(x, lo, width, nbins, out):
     return component_histograms(x, lo, width, nbins, out, parallel=False)
 
 
-def histogram_1d(v, lo, width, nbins, out, parallel=True):
+def histogram_1d(v, lo, width, nbins, out, parallel=None):
     """``out += np.histogram(v, bins=uniform_edges(lo, width, nbins))[0]`` exactly.
 
     v: float32 or float64 (N,), C-contiguous; NaNs are not counted.

@@ -24,7 +24,7 @@ import math
 import numba
 import numpy as np
 
-from kernels.checks import check_out, check_rows
+from kernels.checks import check_out, check_rows, use_threads
 
 __all__ = [
     "local_pca",
@@ -269,7 +269,7 @@ _local_pca_par = numba.njit(parallel=True)(_local_pca_body)
 _local_pca_ser = numba.njit(cache=True)(_local_pca_body)
 
 
-def local_pca(z: np.ndarray, neighbours: np.ndarray, out_eigvals: np.ndarray, parallel: bool = True) -> np.ndarray:
+def local_pca(z: np.ndarray, neighbours: np.ndarray, out_eigvals: np.ndarray, parallel: bool | None = None) -> np.ndarray:
     """Eigenvalues of every point's neighbourhood covariance.
 
     z: float32 (N, D), C-contiguous.
@@ -298,7 +298,7 @@ def local_pca(z: np.ndarray, neighbours: np.ndarray, out_eigvals: np.ndarray, pa
     if z.shape[1] < 1:
         raise ValueError(f"z must have at least one column, got shape {z.shape}")
     check_out(out_eigvals, "out_eigvals", np.float64, (neighbours.shape[0], min(neighbours.shape[1], z.shape[1])))
-    if parallel:
+    if use_threads(parallel, neighbours.size * z.shape[1]):
         _local_pca_par(z, neighbours, numba.get_num_threads(), out_eigvals)
     else:
         _local_pca_ser(z, neighbours, 1, out_eigvals)
@@ -344,7 +344,7 @@ _local_dim_summary_par = numba.njit(parallel=True)(_local_dim_summary_body)
 _local_dim_summary_ser = numba.njit(cache=True)(_local_dim_summary_body)
 
 
-def local_dim_summary(eigvals, out_n90, out_pr, out_lin, parallel: bool = True):
+def local_dim_summary(eigvals, out_n90, out_pr, out_lin, parallel: bool | None = None):
     """Per-point local-dimension summaries of descending eigenvalues ``l``.
 
     eigvals: float64 (M, m), C-contiguous, each row descending and >= 0 (as
@@ -363,7 +363,7 @@ def local_dim_summary(eigvals, out_n90, out_pr, out_lin, parallel: bool = True):
     check_out(out_n90, "out_n90", np.int32, (n,))
     check_out(out_pr, "out_pr", np.float32, (n,))
     check_out(out_lin, "out_lin", np.float32, (n,))
-    (_local_dim_summary_par if parallel else _local_dim_summary_ser)(eigvals, out_n90, out_pr, out_lin)
+    (_local_dim_summary_par if use_threads(parallel, eigvals.size) else _local_dim_summary_ser)(eigvals, out_n90, out_pr, out_lin)
     return out_n90, out_pr, out_lin
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels.checks import check_out, check_rows
+from kernels.checks import check_out, check_rows, use_threads
 
 __all__ = ["block_moments", "merge_moments", "covariance", "column_sums", "row_norms", "row_norms_serial"]
 
@@ -24,16 +24,8 @@ __all__ = ["block_moments", "merge_moments", "covariance", "column_sums", "row_n
 _CHUNK_ROWS = 16384
 
 
-# Threaded, so not cached (see row_norms below).
-@numba.njit(parallel=True)
-def column_sums(x):
-    """``x.sum(0)`` in float64: x float32/float64 (N, D) C-contiguous -> float64 (D,).
-
-    Per-thread partial sums over contiguous row slabs (row-major), added in
-    thread order at the end.
-    """
+def _column_sums_body(x, nthreads):
     n, d = x.shape
-    nthreads = numba.get_num_threads()
     partial = np.zeros((nthreads, d), dtype=np.float64)
     per = (n + nthreads - 1) // nthreads
     for t in numba.prange(nthreads):
@@ -47,6 +39,23 @@ def column_sums(x):
         for j in range(d):
             s[j] += partial[t, j]
     return s
+
+
+# Only the serial variant is cached (parallel=True caching is unreliable, see histogram.py).
+_column_sums_par = numba.njit(parallel=True)(_column_sums_body)
+_column_sums_ser = numba.njit(cache=True)(_column_sums_body)
+
+
+def column_sums(x: np.ndarray, parallel: bool | None = None) -> np.ndarray:
+    """``x.sum(0)`` in float64: x float32/float64 (N, D) C-contiguous -> float64 (D,).
+
+    Per-thread partial sums over contiguous row slabs (row-major), added in
+    thread order at the end (one slab when serial).
+    """
+    check_rows(x, "x")
+    if use_threads(parallel, x.size):
+        return _column_sums_par(x, numba.get_num_threads())
+    return _column_sums_ser(x, 1)
 
 
 def block_moments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -128,7 +137,7 @@ _row_norms_par = numba.njit(parallel=True)(_row_norms_body)
 _row_norms_ser = numba.njit(cache=True)(_row_norms_body)
 
 
-def row_norms(x: np.ndarray, out: np.ndarray, parallel: bool = True) -> np.ndarray:
+def row_norms(x: np.ndarray, out: np.ndarray, parallel: bool | None = None) -> np.ndarray:
     """L2 norm of every row, ``out[i] = sqrt(sum_j float64(x[i, j])**2)``.
 
     x: float32 or float64 (N, D), C-contiguous. out: float64 (N,). Returns ``out``.
@@ -137,7 +146,7 @@ def row_norms(x: np.ndarray, out: np.ndarray, parallel: bool = True) -> np.ndarr
     """
     check_rows(x, "x")
     check_out(out, "out", np.float64, (x.shape[0],))
-    (_row_norms_par if parallel else _row_norms_ser)(x, out)
+    (_row_norms_par if use_threads(parallel, x.size) else _row_norms_ser)(x, out)
     return out
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels.checks import check_out, check_rows, check_shape
+from kernels.checks import check_out, check_rows, check_shape, use_threads
 
 __all__ = ["density_raster", "density_raster_serial", "linspace_edges"]
 
@@ -79,7 +79,7 @@ _density_raster_par = numba.njit(parallel=True)(_density_raster_body)
 _density_raster_ser = numba.njit(cache=True)(_density_raster_body)
 
 
-def density_raster(x, mean, basis, window_lo, window_hi, nx, ny, out, parallel=True):
+def density_raster(x, mean, basis, window_lo, window_hi, nx, ny, out, parallel=None):
     """Count projected points per cell, accumulating into ``out``.
 
     x: float32 or float64 (N, D), C-contiguous. mean: float64 (D,).
@@ -105,7 +105,7 @@ def density_raster(x, mean, basis, window_lo, window_hi, nx, ny, out, parallel=T
     check_out(out, "out", np.int64, (int(ny), int(nx)))
     xedges = linspace_edges(lo[0], hi[0], nx)
     yedges = linspace_edges(lo[1], hi[1], ny)
-    if parallel:
+    if use_threads(parallel, x.size):
         _density_raster_par(x, mean, basis, xedges, yedges, numba.get_num_threads(), out)
     else:
         _density_raster_ser(x, mean, basis, xedges, yedges, 1, out)

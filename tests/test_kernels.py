@@ -236,3 +236,20 @@ def test_density_raster_edges_exact():
     out = ours.copy()
     density_raster(np.zeros((0, 3)), np.zeros(3), basis, lo, hi, nx, ny, out)
     assert np.array_equal(out, ours), "empty block changed the raster"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_sums_serial_and_threaded_equal_numpy(dtype):
+    from kernels.moments import column_sums
+
+    x = np.random.default_rng(4).normal(3.0, 2.0, (5003, 7)).astype(dtype)
+    ref = x.astype(np.float64).sum(0)
+    for parallel in (False, True, None):
+        np.testing.assert_allclose(column_sums(x, parallel=parallel), ref, rtol=1e-12, err_msg=str(parallel))
+
+
+def test_small_inputs_run_the_cached_serial_variant_large_ones_threads():
+    from kernels.checks import PARALLEL_MIN_ELEMENTS, use_threads
+
+    assert not use_threads(None, PARALLEL_MIN_ELEMENTS - 1) and use_threads(None, PARALLEL_MIN_ELEMENTS)
+    assert use_threads(True, 10) and not use_threads(False, 10**9)
