@@ -288,3 +288,12 @@ def zarr_group(path):
     import zarr
 
     return zarr.open_group(path, mode="r")
+
+
+def test_a_finite_but_exploding_loss_is_divergence_not_the_best_epoch(tmp_path):
+    run = tmp_path / "run"
+    prepare("synthetic:120", run, size=32, workers=1, progress=False)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e3, device="cpu", grid_images=2)
+    with pytest.raises(TrainingDiverged, match="training diverged"):
+        train(run, cfg, ModelConfig(size=32, z_dim=8, widths=(4, 4, 4, 4)), progress=False)
+    assert not list((run / "checkpoints").glob("*.pt"))

@@ -154,6 +154,11 @@ def _feeds(cache, cfg: TrainConfig, device: torch.device):
     return feed, val_feed, read_rows(images, grid_rows)
 
 
+# per-pixel loss of a model that outputs 0.5 everywhere: BCE ln 2; MSE at most 0.25 for pixels in [0, 1]
+GREY_LOSS = {"bce": math.log(2.0), "mse": 0.25}
+DIVERGED_FACTOR = 10.0  # a validation loss ten times worse than grey is divergence, not learning
+
+
 class TrainingDiverged(ValueError):
     """A non-finite loss or weight: training stops before anything non-finite is written."""
 
@@ -262,10 +267,10 @@ def train(
         train_loss, seen, train_seconds = _train_epoch(model, opt, scaler, precision, feed, epoch, cfg, device,
                                                        progress, last_path)
         val_loss = evaluate(model, val_feed, cfg, device, precision, cfg.channels_last)
-        if not math.isfinite(val_loss):
-            raise TrainingDiverged(f"training diverged: validation loss {val_loss} after epoch {epoch}; nothing of "
-                                   f"this epoch was saved ({_last_good(last_path)}); lower --lr and rerun with "
-                                   f"--overwrite")
+        if not math.isfinite(val_loss) or val_loss > DIVERGED_FACTOR * GREY_LOSS[cfg.loss]:
+            raise TrainingDiverged(f"training diverged: validation loss {val_loss:.4g} per pixel after epoch {epoch} "
+                                   f"(predicting grey everywhere scores {GREY_LOSS[cfg.loss]:.3g}); nothing of this "
+                                   f"epoch was saved ({_last_good(last_path)}); lower --lr and rerun with --overwrite")
         recon = reconstruct(model, grid_images, device, precision, cfg.channels_last)
         save_image_grid(out_dir / f"recon_e{epoch:03d}.png", np.concatenate([grid_images, recon]), len(grid_images),
                         scale=2)
