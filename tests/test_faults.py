@@ -297,3 +297,22 @@ def test_a_finite_but_exploding_loss_is_divergence_not_the_best_epoch(tmp_path):
     with pytest.raises(TrainingDiverged, match="training diverged"):
         train(run, cfg, ModelConfig(size=32, z_dim=8, widths=(4, 4, 4, 4)), progress=False)
     assert not list((run / "checkpoints").glob("*.pt"))
+
+
+def test_a_truncated_last_checkpoint_on_resume_is_one_line_naming_best(own_run, capsys):
+    last = own_run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    assert main(["train", "--run", str(own_run), "--resume", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "last.pt is damaged" in err and "--checkpoint" in err and "best.pt" in err, err
+
+
+def test_ctrl_c_in_train_says_to_resume(own_run, capsys, monkeypatch):
+    import engine.model.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.model.train, "train", interrupted)
+    assert main(["train", "--run", str(own_run), "--device", "cpu"]) == 130
+    assert "rerun it with --resume to continue" in capsys.readouterr().err

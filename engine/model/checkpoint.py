@@ -60,7 +60,11 @@ class CheckpointError(ValueError):
 
 def _alternative(path: Path) -> str:
     other = path.with_name("last.pt" if path.name == "best.pt" else "best.pt")
-    return f"pass --checkpoint {other}" if other.is_file() else "retrain with 'zspace train --overwrite'"
+    if not other.is_file():
+        return "retrain with 'zspace train --overwrite'"
+    if path.name == "last.pt":  # resuming needs last.pt; encode and generate can use best.pt
+        return f"encode/generate can use --checkpoint {other}; to train on, retrain with 'zspace train --overwrite'"
+    return f"pass --checkpoint {other}"
 
 
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
