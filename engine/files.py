@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 
 
@@ -32,6 +33,23 @@ def read_json(path: str | os.PathLike) -> dict | None:
     """The JSON object in ``path``, or None when the file is absent."""
     path = Path(path)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def swap_in(new: Path, path: Path) -> None:
+    """Put the finished store ``new`` at ``path``; an old store there is removed only after the swap."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    old = path.with_name(path.name + ".replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old)
+
+
+def beside(path: Path) -> Path:
+    """Where the replacement of ``path`` is built until it is complete."""
+    return path.with_name(path.name + ".new")
 
 
 class RunBusy(ValueError):

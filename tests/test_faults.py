@@ -316,3 +316,48 @@ def test_ctrl_c_in_train_says_to_resume(own_run, capsys, monkeypatch):
     monkeypatch.setattr(engine.model.train, "train", interrupted)
     assert main(["train", "--run", str(own_run), "--device", "cpu"]) == 130
     assert "rerun it with --resume to continue" in capsys.readouterr().err
+
+
+def test_replacements_are_built_beside_and_a_failed_one_leaves_the_old_data(own_run, monkeypatch):
+    import engine.data.imagecache as imagecache
+    import engine.model.encode as encode_mod
+    from engine.data.synthetic import render_block
+
+    old_images = open_latents(own_run)["z"][:]  # the latents of the old model
+    old_cache = zarr_group(own_run / "images.zarr")["images"][:]
+
+    # prepare --overwrite with other faces, interrupted before it finished: the old cache is untouched
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(imagecache, "_finish", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            prepare("synthetic:300:9", own_run, size=64, workers=1, overwrite=True, progress=False)
+    np.testing.assert_array_equal(zarr_group(own_run / "images.zarr")["images"][:], old_cache)
+    assert (own_run / "images.zarr.new").exists()
+    prepare("synthetic:300:9", own_run, size=64, workers=1, overwrite=True, progress=False)  # resumes, then swaps
+    np.testing.assert_array_equal(zarr_group(own_run / "images.zarr")["images"][:], render_block(0, 300, 64, seed=9))
+    assert not (own_run / "images.zarr.new").exists()
+
+    # train --overwrite that diverges at once: the old model comes back
+    old_weights = torch.load(own_run / "checkpoints" / "last.pt", weights_only=False)["model"]
+    with pytest.raises(TrainingDiverged):
+        train(own_run, TrainConfig(epochs=1, batch_size=32, lr=1e30, device="cpu"), ModelConfig(size=64, z_dim=32),
+              overwrite=True, progress=False)
+    back = torch.load(own_run / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(old_weights[k], back[k]) for k in old_weights)
+    assert not (own_run / "checkpoints.replaced").exists()
+
+    # a new model's encode, interrupted: the old latents stay readable until the new ones are complete
+    train(own_run, TrainConfig(epochs=1, batch_size=32, device="cpu"), ModelConfig(size=64, z_dim=32),
+          overwrite=True, progress=False)
+    assert not (own_run / "checkpoints.replaced").exists()
+    with monkeypatch.context() as m:
+        m.setattr(encode_mod, "encode_block", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            encode(own_run, device="cpu", progress=False)
+    assert np.array_equal(zarr_group(own_run / "latents.zarr")["z"][:], old_images)
+    encode(own_run, device="cpu", progress=False)
+    assert not np.array_equal(open_latents(own_run)["z"][:], old_images)
+    assert not (own_run / "latents.zarr.new").exists()

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from engine.data.config import PrepareConfig
 from engine.data.sources import CROP, SPLIT_NAMES, Source, open_source
+from engine.files import beside, swap_in
 from engine.layout import cache_path
 from engine.stores import WRITE_ALL, check_arrays, missing_rows, open_group
 
@@ -87,8 +88,9 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def _open_store(path: Path, src: Source, size: int, fp: str, overwrite: bool) -> zarr.Group:
-    """The cache to fill: the existing one when it was made from the same source and size, else a new one."""
+def _open_store(path: Path, src: Source, size: int, fp: str, overwrite: bool) -> tuple[zarr.Group, Path]:
+    """(the cache to fill, where it lives): the existing one when it was made from the same source and size;
+    with ``overwrite``, a replacement built beside the old cache (resumed when one was started), else a new one."""
     group = None
     if path.exists():
         try:
@@ -97,7 +99,7 @@ def _open_store(path: Path, src: Source, size: int, fp: str, overwrite: bool) ->
         except Exception:
             old = None
         if old == fp:
-            return group
+            return group, path
         if not overwrite:
             desc = group.attrs.get("source", {}).get("spec") if group is not None else "unreadable"
             raise ValueError(
@@ -105,7 +107,15 @@ def _open_store(path: Path, src: Source, size: int, fp: str, overwrite: bool) ->
                 f"{group.attrs.get('size') if group is not None else '?'}); pass overwrite=True "
                 f"(--overwrite) to rebuild it for {src.spec!r} at size {size}"
             )
-        shutil.rmtree(path)
+        new = beside(path)  # the old cache stays readable until its replacement is complete
+        try:
+            if zarr.open_group(new, mode="r+").attrs.get("fingerprint") == fp:
+                logger.info("resuming the replacement of %s in %s", path, new)
+                return zarr.open_group(new, mode="r+"), new
+        except Exception:
+            pass
+        shutil.rmtree(new, ignore_errors=True)
+        path = new
     path.parent.mkdir(parents=True, exist_ok=True)
     group = zarr.open_group(path, mode="w")
     # uncompressed: photos shrink only ~1.14x under zstd, while writes got 4x and
@@ -114,7 +124,7 @@ def _open_store(path: Path, src: Source, size: int, fp: str, overwrite: bool) ->
                        compressors=None, config=WRITE_ALL)
     group.attrs.update(fingerprint=fp, source=src.describe(), size=size, crop=CROP, complete=False,
                        items_done=0, skipped=[], seconds=0.0)
-    return group
+    return group, path
 
 
 def _decode_all(group: zarr.Group, path: Path, src: Source, size: int, workers: int, progress: bool) -> tuple[list[dict], float]:
@@ -211,18 +221,22 @@ def prepare(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     path = cache_path(run_dir)
-    group = _open_store(path, src, size, _fingerprint(src, size), overwrite)
-    if group.attrs.get("complete") and missing_rows(group["images"], path / "images"):
+    group, build = _open_store(path, src, size, _fingerprint(src, size), overwrite)
+    if group.attrs.get("complete") and missing_rows(group["images"], build / "images"):
         if not overwrite:
-            check_arrays(group, path, ("images",), f"zspace prepare {src.spec} --run {run_dir} --overwrite")
+            check_arrays(group, build, ("images",), f"zspace prepare {src.spec} --run {run_dir} --overwrite")
         logger.warning("%s lacks chunks: rebuilding it", path)
-        shutil.rmtree(path)
-        group = _open_store(path, src, size, _fingerprint(src, size), overwrite)
+        shutil.rmtree(build)
+        group, build = _open_store(path, src, size, _fingerprint(src, size), overwrite)
     if group.attrs.get("complete"):
         logger.info("%s is complete (%d images); nothing to do", path, group.attrs["counts"]["images"])
         return dict(group.attrs)
-    skipped, total = _decode_all(group, path, src, size, workers, progress)
+    skipped, total = _decode_all(group, build, src, size, workers, progress)
     _finish(group, src, skipped, total)
+    if build != path:
+        swap_in(build, path)
+        logger.warning("replaced %s with the images of %s", path, src.spec)
+        group = zarr.open_group(path, mode="r")
     logger.info("prepared %d images (%d skipped) into %s in %.1f s", group.attrs["counts"]["images"], len(skipped),
                 path, total)
     return dict(group.attrs)

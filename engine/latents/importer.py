@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from engine.files import swap_in
 from engine.latents.store import LatentsError, create_rows_array, iter_blocks
 from engine.layout import latents_path
 
@@ -50,18 +51,6 @@ def _open_input(path: Path):
             node = node["z"]
         return node
     raise LatentsError(f"{path}: expected a .npy, .npz or .zarr file of shape (N, D)")
-
-
-def swap_in(new: Path, path: Path) -> None:
-    """Put the finished store ``new`` at ``path``; an old store there is removed only after the swap."""
-    if not path.exists():
-        os.replace(new, path)
-        return
-    old = path.with_name(path.name + ".replaced")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(path, old)
-    os.replace(new, path)
-    shutil.rmtree(old)
 
 
 def import_latents(

@@ -29,6 +29,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from engine.data.imagecache import open_cache
+from engine.files import beside, swap_in
 from engine.layout import chunk_rows, default_checkpoint, latents_path
 from engine.model.autoencoder import to_input
 from engine.model.checkpoint import load_checkpoint
@@ -48,9 +49,11 @@ def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
 
 @torch.no_grad()
 def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim: int,
-                overwrite: bool) -> zarr.Group:
-    """The latent store to fill: the existing one when the same checkpoint made it from the same cache, else new."""
+                overwrite: bool) -> tuple[zarr.Group, Path]:
+    """(the latent store to fill, where it lives): the existing one when the same checkpoint made it from the same
+    cache; else a replacement built beside it (resumed when one was started), swapped in when complete."""
     n = cache["images"].shape[0]
+    build = out
     if out.exists():
         try:
             store = zarr.open_group(out, mode="r+")
@@ -58,17 +61,25 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
             store = None
         same = store is not None and store.attrs.get("checkpoint_sha256") == sha and store.attrs.get("n") == n
         if same and not (store.attrs.get("complete") and missing_rows(store["z"], out / "z")):
-            return store
+            return store, out
         if same:
             logger.warning("%s lacks chunks of z: encoding it again", out)
         kind = (store.attrs.get("source") or {}).get("kind") if store is not None else None
         if kind == "imported" and not overwrite:
             raise ValueError(f"{out} holds latents brought in with import-latents ({store.attrs['source'].get('file')}); "
                              f"pass --overwrite to replace them with this model's latents")
-        logger.warning("%s was made by another checkpoint or cache: discarding it and encoding again", out)
-        shutil.rmtree(out)
+        build = beside(out)  # the old latents stay readable until the new ones are complete
+        try:
+            partial = zarr.open_group(build, mode="r+")
+            if partial.attrs.get("checkpoint_sha256") == sha and partial.attrs.get("n") == n:
+                return partial, build
+        except Exception:
+            pass
+        logger.warning("%s was made by another checkpoint or cache: encoding again beside it (%s), replacing it "
+                       "when complete", out, build.name)
+        shutil.rmtree(build, ignore_errors=True)
     rows = chunk_rows(z_dim)
-    store = zarr.open_group(out, mode="w")
+    store = zarr.open_group(build, mode="w")
     # NaN fill and every chunk written: an absent chunk can never read as latents
     store.create_array("z", shape=(n, z_dim), chunks=(rows, z_dim), dtype="float32", fill_value=np.nan,
                        config=WRITE_ALL)
@@ -87,7 +98,7 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
         cache_fingerprint=cache.attrs.get("fingerprint"),
         complete=False, rows_done=0, seconds=0.0,
     )
-    return store
+    return store, build
 
 
 @torch.no_grad()
@@ -142,7 +153,7 @@ def encode(
         raise ValueError(f"{checkpoint} was trained on another image cache (images.zarr was prepared again since): "
                          f"run 'zspace train --run {run} --overwrite' first")
     out = latents_path(run)
-    store = _open_store(out, cache, checkpoint, ckpt, file_sha256(checkpoint), z_dim, overwrite)
+    store, build = _open_store(out, cache, checkpoint, ckpt, file_sha256(checkpoint), z_dim, overwrite)
     if store.attrs.get("complete"):
         logger.info("%s is complete (%d x %d); nothing to do", out, n, z_dim)
         return dict(store.attrs)
@@ -167,5 +178,8 @@ def encode(
     bar.close()
     total = seconds + time.perf_counter() - t0
     store.attrs.update(complete=True, seconds=total, images_per_second=n / max(total, 1e-9), key=uuid.uuid4().hex)
+    if build != out:
+        swap_in(build, out)
+        store = zarr.open_group(out, mode="r")
     logger.info("encoded %d images into %s (%d x %d) in %.1f s", n, out, n, z_dim, total)
     return dict(store.attrs)

@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +104,27 @@ def reconstruct(model, images: np.ndarray, device, precision, channels_last) -> 
     return out.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def _replaced(d: Path) -> Path:
+    return d.with_name(d.name + ".replaced")
+
+
+def _settle_replaced(run: Path, finished: bool) -> None:
+    """After a training started with --overwrite: drop the old model once the new one finished; restore it
+    when the new training failed before writing any checkpoint."""
+    ckpt_dir, out_dir = checkpoints_dir(run), stage_dir(run, "train")
+    if not _replaced(ckpt_dir).exists():
+        return
+    if finished:
+        for d in (ckpt_dir, out_dir):
+            shutil.rmtree(_replaced(d), ignore_errors=True)
+    elif not (ckpt_dir / "last.pt").exists():
+        for d in (ckpt_dir, out_dir):
+            shutil.rmtree(d, ignore_errors=True)
+            if _replaced(d).exists():
+                os.replace(_replaced(d), d)
+        logger.warning("the new training failed before its first checkpoint: the old model is back in %s", ckpt_dir)
+
+
 def _prepare_dirs(run: Path, mcfg: ModelConfig, explicit_model: bool, resume: bool, overwrite: bool,
                   cache_key: str | None = None):
     """(checkpoint to resume or None, model config): refuses to discard checkpoints without --overwrite,
@@ -123,8 +144,13 @@ def _prepare_dirs(run: Path, mcfg: ModelConfig, explicit_model: bool, resume: bo
                 raise ValueError(f"--resume with a different model: checkpoint has {saved}, asked for {mcfg}")
             mcfg = saved
         elif overwrite:
-            shutil.rmtree(ckpt_dir)
-            shutil.rmtree(out_dir, ignore_errors=True)
+            # the old model is kept aside until the new training finishes (or restored if it fails first)
+            for d in (ckpt_dir, out_dir):
+                shutil.rmtree(_replaced(d), ignore_errors=True)
+                if d.exists():
+                    os.replace(d, _replaced(d))
+            logger.warning("--overwrite: the old model is kept in %s until the new training finishes",
+                           _replaced(ckpt_dir))
         else:
             raise ValueError(f"{last_path} exists: pass --resume to continue it or --overwrite to start over")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -261,6 +287,43 @@ def train(
                 len(feed.rows), len(val_feed.rows), device, precision.name,
                 "in memory" if feed.in_memory else "streamed from the cache")
 
+    loop = _Loop(model, opt, scaler, precision, feed, val_feed, grid_images, cfg, device, full_config, out_dir,
+                 last_path, best_path, progress)
+    try:
+        entry = _run_epochs(loop, start_epoch, best_val, history)
+    except BaseException:
+        _settle_replaced(run, finished=False)
+        raise
+    _settle_replaced(run, finished=True)
+    return entry
+
+
+@dataclass
+class _Loop:
+    """What every epoch of one training uses."""
+
+    model: Autoencoder
+    opt: torch.optim.Optimizer
+    scaler: object
+    precision: object
+    feed: BatchFeed
+    val_feed: BatchFeed
+    grid_images: np.ndarray
+    cfg: TrainConfig
+    device: torch.device
+    full_config: dict
+    out_dir: Path
+    last_path: Path
+    best_path: Path
+    progress: bool
+
+
+def _run_epochs(loop: _Loop, start_epoch: int, best_val: float, history: list[dict]) -> dict:
+    """Epochs ``start_epoch``..``cfg.epochs``: train, validate, checkpoint, log; returns the last log entry."""
+    model, opt, scaler, precision, cfg, device = loop.model, loop.opt, loop.scaler, loop.precision, loop.cfg, loop.device
+    feed, val_feed, grid_images, out_dir = loop.feed, loop.val_feed, loop.grid_images, loop.out_dir
+    last_path, best_path, full_config, progress = loop.last_path, loop.best_path, loop.full_config, loop.progress
+    log_path = out_dir / "log.jsonl"
     entry = history[-1] if history else {}
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
