@@ -67,8 +67,11 @@ def run_lock(run_dir: str | os.PathLike, what: str):
     exits (kill -9 included), so a lock is never left stale.
     """
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    f = open(run / LOCK_NAME, "a+")
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        f = open(run / LOCK_NAME, "a+")
+    except OSError as exc:  # --run names a file, or a directory zspace may not write
+        raise RunBusy(f"cannot use {run} as a run directory: {exc.strerror or exc}") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

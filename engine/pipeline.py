@@ -178,13 +178,15 @@ def run(
             timings[name] = "skipped"
             logger.info("[%d/%d] %-9s finished earlier with the same options: skipped", i, len(stages), name)
             continue
-        fresh = rec is not None and not same  # started or finished with other options or inputs: start over
+        # started or finished with other options or inputs: start over; a fresh start that was interrupted
+        # stays fresh until it finishes (its replacement is under way beside the old data)
+        fresh = rec is not None and (not same or bool(rec.get("fresh")))
         why = ("options or inputs changed: running again" if fresh else "resuming" if same else "running")
         logger.info("[%d/%d] %-9s %s %s", i, len(stages), name, why, options[name] or "")
         if fresh and name in DISCARDS and (run / OUTPUTS[name]).exists():
             logger.warning("%s: options or inputs changed (%s): discarding %s and building it again", name,
                            _changes(rec.get("options") or {}, options[name]), DISCARDS[name])
-        done[name] = {"key": keys[name], "options": options[name], "finished": None}
+        done[name] = {"key": keys[name], "options": options[name], "finished": None, "fresh": fresh}
         _save_state(run, state)
         t0 = time.perf_counter()
         _stage_call(name, run, p, fresh, device, progress)
@@ -202,7 +204,7 @@ def _check(label: str, fn) -> dict:
     try:
         detail = fn()
         return {"what": label, "ok": True, "detail": detail}
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, KeyError) as exc:
         return {"what": label, "ok": False, "problem": str(exc)}
 
 

@@ -64,8 +64,12 @@ def missing_rows(array: zarr.Array, array_dir: Path) -> list[tuple[int, int]]:
     return [(r * c0, min((r + 1) * c0, array.shape[0])) for r in rows]
 
 
-def check_arrays(group: zarr.Group, path: Path, names: tuple[str, ...], rebuild: str) -> None:
-    """Raise ``StoreDamaged`` when an array in ``names`` (those present) lacks chunk files."""
+def check_arrays(group: zarr.Group, path: Path, names: tuple[str, ...], rebuild: str,
+                 required: tuple[str, ...] = ()) -> None:
+    """Raise ``StoreDamaged`` when an array of ``required`` is absent or one of ``names`` lacks chunk files."""
+    for name in required:
+        if name not in group:
+            raise StoreDamaged(f"{path} has no array '{name}'; rebuild it with '{rebuild}'")
     for name in names:
         if name not in group:
             continue

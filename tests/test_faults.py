@@ -361,3 +361,65 @@ def test_replacements_are_built_beside_and_a_failed_one_leaves_the_old_data(own_
     encode(own_run, device="cpu", progress=False)
     assert not np.array_equal(open_latents(own_run)["z"][:], old_images)
     assert not (own_run / "latents.zarr.new").exists()
+
+
+def test_zspace_run_interrupted_while_replacing_a_stage_finishes_the_replacement(tmp_path, monkeypatch):
+    import engine.pipeline
+    from engine.pipeline import run
+    from tests.conftest import TINY
+
+    opts = {**TINY, "compare_n": 20, "tsne_n": 100}
+    run(tmp_path, quick=True, device="cpu", progress=False, until="train", **opts)
+    first = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["model"]
+    real_train = engine.pipeline.train
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.pipeline, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, quick=True, device="cpu", progress=False, until="train", **{**opts, "seed": 1})
+    monkeypatch.setattr(engine.pipeline, "train", real_train)
+    run(tmp_path, quick=True, device="cpu", progress=False, until="train", **{**opts, "seed": 1})
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["config"]["train"]["seed"] == 1, "the rerun resumed the old model instead of replacing it"
+    assert not all(torch.equal(first[k], ckpt["model"][k]) for k in first)
+    assert not (tmp_path / "checkpoints.replaced").exists()
+
+
+def test_an_all_black_chunk_is_written_and_verifies(tmp_path):
+    folder = tmp_path / "black"
+    folder.mkdir()
+    for k in range(300):  # more than one 256-row chunk of images that equal the fill value
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / f"{k:03d}.png")
+    prepare(folder, tmp_path / "run", size=32, workers=2, progress=False)
+    assert main(["verify", "--run", str(tmp_path / "run")]) == 0
+
+
+def test_a_missing_array_and_a_file_as_run_directory_are_one_line_errors(own_run, tmp_path, capsys):
+    shutil.rmtree(own_run / "latents.zarr" / "z")
+    assert main(["stats", "--run", str(own_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "has no array 'z'" in err, err
+    (tmp_path / "afile").write_text("x")
+    assert main(["prepare", "synthetic:10", "--run", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot use" in err and "afile" in err, err
+
+
+def test_float_and_int32_images_are_scaled_to_8_bits():
+    f = Image.fromarray(np.full((40, 40), 0.5, np.float32), mode="F")
+    assert abs(crop_resize(f, 32).mean() - 127.5) <= 0.5
+    i = Image.fromarray(np.full((40, 40), 32896, np.int32), mode="I")  # a 16-bit PNG as some Pillows open it
+    assert abs(crop_resize(i, 32).mean() - 128.0) <= 0.5
+
+
+def test_resume_survives_a_log_line_cut_by_a_kill(tmp_path):
+    run = tmp_path / "run"
+    prepare("synthetic:120", run, size=32, workers=1, progress=False)
+    mcfg = ModelConfig(size=32, z_dim=8, widths=(4, 4, 4, 4))
+    train(run, TrainConfig(epochs=1, batch_size=16, device="cpu", grid_images=2), mcfg, progress=False)
+    log = run / "train" / "log.jsonl"
+    log.write_text(log.read_text() + '{"epoch": 2, "train_lo')
+    train(run, TrainConfig(epochs=2, batch_size=16, device="cpu", grid_images=2), mcfg, resume=True, progress=False)
+    assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2]

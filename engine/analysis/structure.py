@@ -34,6 +34,7 @@ from engine.analysis.structure_figures import structure_figures
 from engine.files import write_json_atomic
 from engine.latents.store import iter_blocks, latents_key, open_latents
 from engine.layout import latents_path, stage_dir
+from engine.stores import WRITE_ALL
 from kernels.intrinsic import levina_bickel_dimension, twonn_dimension
 from kernels.localdim import local_dim_summary, local_pca
 
@@ -188,13 +189,15 @@ def _write_point_arrays(run: Path, data_s: dict, rows: np.ndarray | None, n_all:
                                       ("local_linearity", data_s["lin"], np.nan, "float32")):
         full = np.full(n_all, fill, dtype)
         full[sel] = values
-        latents.create_array(name, shape=(n_all,), chunks=(min(n_all, 1 << 18),), dtype=dtype, overwrite=True)[:] = full
+        latents.create_array(name, shape=(n_all,), chunks=(min(n_all, 1 << 18),), dtype=dtype, overwrite=True,
+                             fill_value=fill, config=WRITE_ALL)[:] = full
     for name, values, fill, dtype in (("knn_indices", data_s["idx"], -1, "int64"),
                                       ("knn_distances", data_s["dist"], np.nan, "float32")):
         full = np.full((n_all, k), fill, dtype)
         # indices refer to analysed rows; map them back to rows of z
         full[sel] = values if rows is None or name == "knn_distances" else rows[values]
-        latents.create_array(name, shape=full.shape, chunks=(min(n_all, 1 << 16), k), dtype=dtype,
+        latents.create_array(name, shape=full.shape, chunks=(min(n_all, 1 << 16), k), dtype=dtype, fill_value=fill,
+                             config=WRITE_ALL,
                              overwrite=True)[:] = full
 
 

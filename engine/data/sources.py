@@ -53,11 +53,14 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     """16-bit and 32-bit grayscale scaled to 8 bits (PIL's convert would clip them at 255)."""
     if img.mode.startswith("I;16"):
         a = np.asarray(img, dtype=np.float64) / 257.0  # 65535 -> 255
-    elif img.mode in ("I", "F"):
+    elif img.mode == "I":  # 16-bit PNGs open as "I" in some Pillow versions: read as 16 bits, larger by the peak
         a = np.asarray(img, dtype=np.float64)
         top = a.max() if a.size else 0.0
-        if top > 255:  # 16-bit PNGs open as "I" in some Pillow versions; anything larger is scaled by its peak
-            a = a * (255.0 / (65535.0 if top <= 65535 else top))
+        a = a * (255.0 / max(65535.0, top))
+    elif img.mode == "F":  # floating point: [0, 1] when it fits, else [0, 255] clipped
+        a = np.asarray(img, dtype=np.float64)
+        if a.size and np.nanmax(a) <= 1.0:
+            a = a * 255.0
     else:
         return img
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")

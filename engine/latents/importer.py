@@ -17,6 +17,7 @@ import zarr
 from engine.files import swap_in
 from engine.latents.store import LatentsError, create_rows_array, iter_blocks
 from engine.layout import latents_path
+from engine.stores import WRITE_ALL
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def import_latents(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    group = zarr.open_group(tmp, mode="w")
+    group = zarr.open_group(tmp, mode="w", zarr_format=3)
     z = create_rows_array(group, "z", n, d)
     keep_rows = []
     dropped: list[int] = []
@@ -116,7 +117,7 @@ def import_latents(
         raise LatentsError(f"{path}: shape {shape}: fewer than 2 finite rows")
     z.resize((written, d))
     ids = np.concatenate(keep_rows).astype(str)
-    a = group.create_array("ids", shape=(written,), chunks=(min(written, 65536),), dtype=str)
+    a = group.create_array("ids", shape=(written,), chunks=(min(written, 65536),), dtype=str, config=WRITE_ALL)
     a[:] = ids
     group.attrs.update(
         source={"kind": "imported", "file": str(path.resolve()), "shape": list(shape), "dtype": str(arr.dtype)},

@@ -67,7 +67,7 @@ def open_latents(run_dir: str | os.PathLike) -> zarr.Group:
     group = open_group(path, "r", rebuild)
     if not group.attrs.get("complete", True):
         raise ValueError(f"{path} is incomplete (interrupted encode): rerun 'zspace encode --run {run_dir}'")
-    check_arrays(group, path, ("z", "recon_mse"), rebuild)
+    check_arrays(group, path, ("z", "recon_mse"), rebuild, required=("z",))
     made_from = group.attrs.get("cache_fingerprint")
     cache = cache_path(run_dir) / "zarr.json"
     if made_from is not None and cache.exists():

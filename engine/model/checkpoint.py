@@ -7,6 +7,7 @@ A checkpoint is a dict: ``model`` (state dict), ``optimizer``, ``scaler``, ``epo
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -105,3 +106,26 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model = Autoencoder(ModelConfig.from_dict(ckpt["config"]["model"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
+
+
+def replaced(d: Path) -> Path:
+    """Where ``train --overwrite`` keeps the old ``d`` (checkpoints/, train/) until the new training finishes."""
+    return d.with_name(d.name + ".replaced")
+
+
+def settle_replaced(run: Path, finished: bool) -> None:
+    """After a training started with --overwrite: drop the old model once the new one finished; put it back
+    when no new checkpoint exists (the new training failed or was killed before its first epoch ended)."""
+    dirs = (Path(run) / "checkpoints", Path(run) / "train")
+    if not replaced(dirs[0]).exists():
+        return
+    if finished:
+        for d in dirs:
+            shutil.rmtree(replaced(d), ignore_errors=True)
+    elif not (dirs[0] / "last.pt").exists():
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+            if replaced(d).exists():
+                os.replace(replaced(d), d)
+        logging.getLogger(__name__).warning("the replacing training wrote no checkpoint: the old model is back in %s",
+                                            dirs[0])

@@ -32,7 +32,7 @@ from engine.data.imagecache import open_cache
 from engine.files import beside, swap_in
 from engine.layout import chunk_rows, default_checkpoint, latents_path
 from engine.model.autoencoder import to_input
-from engine.model.checkpoint import load_checkpoint
+from engine.model.checkpoint import load_checkpoint, settle_replaced
 from engine.model.config import EncodeConfig
 from engine.model.precision import resolve_device, resolve_precision
 from engine.stores import WRITE_ALL, missing_rows
@@ -60,10 +60,12 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
         except Exception:
             store = None
         same = store is not None and store.attrs.get("checkpoint_sha256") == sha and store.attrs.get("n") == n
-        if same and not (store.attrs.get("complete") and missing_rows(store["z"], out / "z")):
+        damaged = store is not None and bool(store.attrs.get("complete")) and any(
+            name not in store or missing_rows(store[name], out / name) for name in ("z", "recon_mse"))
+        if same and not damaged:
             return store, out
         if same:
-            logger.warning("%s lacks chunks of z: encoding it again", out)
+            logger.warning("%s lacks chunks: encoding it again", out)
         kind = (store.attrs.get("source") or {}).get("kind") if store is not None else None
         if kind == "imported" and not overwrite:
             raise ValueError(f"{out} holds latents brought in with import-latents ({store.attrs['source'].get('file')}); "
@@ -79,7 +81,7 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
                        "when complete", out, build.name)
         shutil.rmtree(build, ignore_errors=True)
     rows = chunk_rows(z_dim)
-    store = zarr.open_group(build, mode="w")
+    store = zarr.open_group(build, mode="w", zarr_format=3)
     # NaN fill and every chunk written: an absent chunk can never read as latents
     store.create_array("z", shape=(n, z_dim), chunks=(rows, z_dim), dtype="float32", fill_value=np.nan,
                        config=WRITE_ALL)
@@ -87,9 +89,10 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
     for name in ("split", "identity"):
         if name in cache:
             src = cache[name][:]
-            a = store.create_array(name, shape=(n,), chunks=(max(1, min(n, 65536)),), dtype=src.dtype)
+            a = store.create_array(name, shape=(n,), chunks=(max(1, min(n, 65536)),), dtype=src.dtype,
+                                   config=WRITE_ALL)
             a[:] = src
-    a = store.create_array("ids", shape=(n,), chunks=(max(1, min(n, 65536)),), dtype=str)
+    a = store.create_array("ids", shape=(n,), chunks=(max(1, min(n, 65536)),), dtype=str, config=WRITE_ALL)
     a[:] = cache["ids"][:]
     store.attrs.update(
         checkpoint=str(checkpoint), checkpoint_sha256=sha, checkpoint_epoch=int(ckpt["epoch"]),
@@ -136,6 +139,7 @@ def encode(
     store is marked complete.
     """
     run = Path(run_dir)
+    settle_replaced(run, finished=False)  # a train --overwrite killed before its first checkpoint
     cache = open_cache(run)
     images = cache["images"]
     n = images.shape[0]
@@ -155,9 +159,13 @@ def encode(
     out = latents_path(run)
     store, build = _open_store(out, cache, checkpoint, ckpt, file_sha256(checkpoint), z_dim, overwrite)
     if store.attrs.get("complete"):
+        if build != out:  # finished beside the old store, but the swap never happened
+            swap_in(build, out)
+            store = zarr.open_group(out, mode="r")
         logger.info("%s is complete (%d x %d); nothing to do", out, n, z_dim)
         return dict(store.attrs)
-    z_arr, mse_arr = store["z"], store["recon_mse"]
+    # reopened handles forget write_empty_chunks: give it back, so every chunk lands on disk
+    z_arr, mse_arr = store["z"].with_config(WRITE_ALL), store["recon_mse"].with_config(WRITE_ALL)
     rows = z_arr.chunks[0]  # whole chunks per write: a resumed encode never rewrites a finished chunk
     done = int(store.attrs["rows_done"])
     seconds = float(store.attrs["seconds"])

@@ -41,9 +41,11 @@ from engine.model.checkpoint import (
     nonfinite_weights,
     read_checkpoint,
     remove_leftovers,
+    replaced,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    settle_replaced,
 )
 from engine.model.config import ModelConfig, TrainConfig
 from engine.model.precision import resolve_device, resolve_precision
@@ -104,33 +106,14 @@ def reconstruct(model, images: np.ndarray, device, precision, channels_last) -> 
     return out.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _replaced(d: Path) -> Path:
-    return d.with_name(d.name + ".replaced")
-
-
-def _settle_replaced(run: Path, finished: bool) -> None:
-    """After a training started with --overwrite: drop the old model once the new one finished; restore it
-    when the new training failed before writing any checkpoint."""
-    ckpt_dir, out_dir = checkpoints_dir(run), stage_dir(run, "train")
-    if not _replaced(ckpt_dir).exists():
-        return
-    if finished:
-        for d in (ckpt_dir, out_dir):
-            shutil.rmtree(_replaced(d), ignore_errors=True)
-    elif not (ckpt_dir / "last.pt").exists():
-        for d in (ckpt_dir, out_dir):
-            shutil.rmtree(d, ignore_errors=True)
-            if _replaced(d).exists():
-                os.replace(_replaced(d), d)
-        logger.warning("the new training failed before its first checkpoint: the old model is back in %s", ckpt_dir)
-
-
 def _prepare_dirs(run: Path, mcfg: ModelConfig, explicit_model: bool, resume: bool, overwrite: bool,
                   cache_key: str | None = None):
     """(checkpoint to resume or None, model config): refuses to discard checkpoints without --overwrite,
     and to resume a model trained on another image cache."""
     ckpt_dir, out_dir = checkpoints_dir(run), stage_dir(run, "train")
     last_path = ckpt_dir / "last.pt"
+    if not overwrite:
+        settle_replaced(run, finished=False)  # an earlier --overwrite killed before its first checkpoint
     ckpt = None
     if last_path.exists():
         if resume:
@@ -144,13 +127,15 @@ def _prepare_dirs(run: Path, mcfg: ModelConfig, explicit_model: bool, resume: bo
                 raise ValueError(f"--resume with a different model: checkpoint has {saved}, asked for {mcfg}")
             mcfg = saved
         elif overwrite:
-            # the old model is kept aside until the new training finishes (or restored if it fails first)
+            # the old model is kept aside until the new training finishes (or restored if it fails first);
+            # a replacement already under way holds the old model aside: only the partial new one goes
             for d in (ckpt_dir, out_dir):
-                shutil.rmtree(_replaced(d), ignore_errors=True)
-                if d.exists():
-                    os.replace(d, _replaced(d))
+                if replaced(ckpt_dir).exists():
+                    shutil.rmtree(d, ignore_errors=True)
+                elif d.exists():
+                    os.replace(d, replaced(d))
             logger.warning("--overwrite: the old model is kept in %s until the new training finishes",
-                           _replaced(ckpt_dir))
+                           replaced(ckpt_dir))
         else:
             raise ValueError(f"{last_path} exists: pass --resume to continue it or --overwrite to start over")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -233,8 +218,15 @@ def _resume(ckpt: dict | None, model, opt, scaler, log_path: Path, cfg: TrainCon
     set_rng_state(ckpt["rng"])
     start_epoch = ckpt["epoch"] + 1
     history = []
-    if log_path.exists():  # drop lines of an epoch whose checkpoint never landed
-        history = [h for h in map(json.loads, log_path.read_text().splitlines()) if h["epoch"] < start_epoch]
+    if log_path.exists():  # drop lines of an epoch whose checkpoint never landed, and a line cut by a kill
+        for line in log_path.read_text().splitlines():
+            try:
+                h = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s: dropped an unreadable line (an interrupted write)", log_path)
+                continue
+            if h.get("epoch", start_epoch) < start_epoch:
+                history.append(h)
     logger.info("resuming from epoch %d of %d", ckpt["epoch"], cfg.epochs)
     return start_epoch, ckpt["best_val"], history
 
@@ -261,6 +253,17 @@ def train(
     if mcfg.size != size:
         raise ValueError(f"model size {mcfg.size} does not match the image cache's size {size}")
     ckpt, mcfg = _prepare_dirs(run, mcfg, model_config is not None, resume, overwrite, cache.attrs.get("fingerprint"))
+    try:
+        entry = _train_prepared(run, cache, cfg, mcfg, ckpt, progress)
+    except BaseException:
+        settle_replaced(run, finished=False)
+        raise
+    settle_replaced(run, finished=True)
+    return entry
+
+
+def _train_prepared(run: Path, cache, cfg: TrainConfig, mcfg: ModelConfig, ckpt: dict | None, progress: bool) -> dict:
+    """The training itself, once the directories are settled."""
     out_dir = stage_dir(run, "train")
     last_path, best_path = checkpoints_dir(run) / "last.pt", checkpoints_dir(run) / "best.pt"
 
@@ -289,13 +292,7 @@ def train(
 
     loop = _Loop(model, opt, scaler, precision, feed, val_feed, grid_images, cfg, device, full_config, out_dir,
                  last_path, best_path, progress)
-    try:
-        entry = _run_epochs(loop, start_epoch, best_val, history)
-    except BaseException:
-        _settle_replaced(run, finished=False)
-        raise
-    _settle_replaced(run, finished=True)
-    return entry
+    return _run_epochs(loop, start_epoch, best_val, history)
 
 
 @dataclass
