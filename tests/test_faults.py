@@ -423,3 +423,13 @@ def test_resume_survives_a_log_line_cut_by_a_kill(tmp_path):
     log.write_text(log.read_text() + '{"epoch": 2, "train_lo')
     train(run, TrainConfig(epochs=2, batch_size=16, device="cpu", grid_images=2), mcfg, resume=True, progress=False)
     assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2]
+
+
+def test_decoding_with_a_model_that_did_not_encode_the_latents_is_refused(own_run, capsys):
+    train(own_run, TrainConfig(epochs=1, batch_size=32, device="cpu"), ModelConfig(size=64, z_dim=32),
+          overwrite=True, progress=False)  # a new model; latents.zarr still holds the old model's latents
+    assert main(["generate", "--run", str(own_run), "--sampler", "mvn", "--n", "4", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "encoded by another checkpoint" in err and "zspace encode" in err and err.count("\n") == 0, err
+    encode(own_run, device="cpu", progress=False)
+    assert main(["generate", "--run", str(own_run), "--sampler", "mvn", "--n", "4", "--device", "cpu"]) == 0

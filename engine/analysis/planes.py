@@ -108,8 +108,13 @@ def stale(stage_json: dict, run: Path) -> bool:
 def dominant_components(run: Path, std: np.ndarray) -> list[int]:
     """The two most dominant components from stats.json when `zspace stats` ran, else the two widest (``std``)."""
     path = run / "stats" / "stats.json"
+    stats = None
     if path.exists():
-        stats = json.loads(path.read_text())
+        try:
+            stats = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            logger.warning("%s is unreadable: ignoring it (run 'zspace stats --run %s' to rebuild it)", path, run)
+    if stats is not None:
         if stale(stats, run):
             logger.warning("%s was made from other latents than latents.zarr holds now: ignoring its dominant "
                            "components (run 'zspace stats --run %s' to refresh it)", path, run)

@@ -274,6 +274,10 @@ def place_points(run_dir: str | os.PathLike, z_new: np.ndarray, config: TSNEConf
                          f"these settings or pass config=None")
     group = open_latents(run)
     z = group["z"]
+    made_from = (info.get("inputs") or {}).get("latents_key")
+    if made_from is not None and made_from != group.attrs.get("key"):
+        raise ValueError(f"{out_dir / 'tsne.json'} was made from other latents than {latents_path(run)} holds now: "
+                         f"rerun 'zspace tsne --run {run_dir}'")
     if z.shape[0] != info["n_total"] or z.shape[1] != info["d"]:
         raise ValueError(f"{latents_path(run)} changed since the embedding (z {z.shape}, embedded from "
                          f"({info['n_total']}, {info['d']})): rerun compute_tsne")

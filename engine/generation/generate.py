@@ -16,11 +16,11 @@ import torch
 
 from engine.data.sources import TEST
 from engine.figures import save_image_grid
-from engine.files import write_json_atomic
+from engine.files import file_sha256, write_json_atomic
 from engine.generation.config import GenerateConfig
 from engine.generation.sampling import Sampler, SamplerConfig
 from engine.latents.store import iter_blocks, open_latents
-from engine.layout import default_checkpoint
+from engine.layout import default_checkpoint, latents_path
 from engine.model.autoencoder import to_input
 from engine.model.checkpoint import load_checkpoint
 from engine.model.precision import resolve_device, resolve_precision
@@ -42,10 +42,16 @@ def load_z(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 def load_model(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None, device: str = "auto"):
     """The run's trained autoencoder in eval mode: (model, device, precision); ``best.pt`` unless given."""
     run = Path(run_dir)
-    if checkpoint is None:
+    default = checkpoint is None
+    if default:
         checkpoint = default_checkpoint(run)
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"{checkpoint} does not exist: run 'zspace train --run {run}' first")
+    encoded_by = open_latents(run).attrs.get("checkpoint_sha256") if default else None
+    if encoded_by is not None and encoded_by != file_sha256(checkpoint):
+        # the decoder must belong to the encoder that made the latents it decodes near
+        raise ValueError(f"{latents_path(run)} was encoded by another checkpoint than {checkpoint}: run "
+                         f"'zspace encode --run {run}' first")
     dev = resolve_device(device)
     model, _ = load_checkpoint(checkpoint, dev)  # in eval mode
     model = model.to(memory_format=torch.channels_last)  # as zspace encode runs it

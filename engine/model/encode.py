@@ -15,7 +15,6 @@ one with the same checkpoint does nothing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -29,7 +28,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from engine.data.imagecache import open_cache
-from engine.files import beside, swap_in
+from engine.files import beside, file_sha256, swap_in
 from engine.layout import chunk_rows, default_checkpoint, latents_path
 from engine.model.autoencoder import to_input
 from engine.model.checkpoint import load_checkpoint, settle_replaced
@@ -38,14 +37,6 @@ from engine.model.precision import resolve_device, resolve_precision
 from engine.stores import WRITE_ALL, missing_rows
 
 logger = logging.getLogger(__name__)
-
-def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 @torch.no_grad()
 def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim: int,
