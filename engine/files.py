@@ -38,12 +38,6 @@ def write_json_atomic(path: str | os.PathLike, obj, indent: int = 1) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent))
 
 
-def read_json(path: str | os.PathLike) -> dict | None:
-    """The JSON object in ``path``, or None when the file is absent."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def swap_in(new: Path, path: Path) -> None:
     """Put the finished store ``new`` at ``path``; an old store there is removed only after the swap."""
     if not path.exists():

@@ -40,6 +40,18 @@ def open_group(path: Path, mode: str, rebuild: str) -> zarr.Group:
                            f"rebuild it with '{rebuild}'") from None
 
 
+def open_partial(path: Path, **expected) -> zarr.Group | None:
+    """The store at ``path`` for writing when its attributes hold ``expected`` (a replacement started for the
+    same inputs), else None."""
+    if not Path(path).exists():
+        return None
+    try:
+        group = zarr.open_group(path, mode="r+")
+    except Exception:
+        return None
+    return group if all(group.attrs.get(k) == v for k, v in expected.items()) else None
+
+
 def _chunk_keys_on_disk(array_dir: Path) -> set[tuple[int, ...]]:
     root = array_dir / "c"
     found = set()
@@ -80,4 +92,4 @@ def check_arrays(group: zarr.Group, path: Path, names: tuple[str, ...], rebuild:
                                f"rebuild it with '{rebuild}'")
 
 
-__all__ = ["StoreDamaged", "WRITE_ALL", "check_arrays", "fill_for", "missing_rows", "open_group"]
+__all__ = ["StoreDamaged", "WRITE_ALL", "check_arrays", "fill_for", "missing_rows", "open_group", "open_partial"]

@@ -151,3 +151,18 @@ def test_importing_zspace_changes_no_global_state():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          env={"MPLBACKEND": "svg", "PATH": ""})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_stage_table_names_real_functions_and_configs_and_the_pipeline_runs_them():
+    """The table's module:attribute strings resolve, and `zspace run` calls exactly those functions."""
+    import dataclasses
+
+    import engine.pipeline
+    from engine.stages import TABLE
+
+    for stage in TABLE:
+        fn = stage.resolve()
+        assert callable(fn), stage.name
+        assert getattr(engine.pipeline, fn.__name__) is fn, f"pipeline does not call {stage.function}"
+        cfg = stage.config_class()
+        assert cfg is None or dataclasses.is_dataclass(cfg), stage.config

@@ -116,9 +116,4 @@ class GaussianFit:
         return out
 
 
-def fit_normal(z, progress: bool = False) -> GaussianFit:
-    """``GaussianFit().fit(z)``: the fitted normal of the rows of ``z``."""
-    return GaussianFit().fit(z, progress=progress)
-
-
-__all__ = ["GaussianFit", "fit_normal", "principal_axes"]
+__all__ = ["GaussianFit", "principal_axes"]

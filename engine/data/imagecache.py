@@ -37,7 +37,7 @@ from engine.data.config import PrepareConfig
 from engine.data.sources import CROP, SPLIT_NAMES, Source, open_source
 from engine.files import beside, swap_in
 from engine.layout import cache_path
-from engine.stores import WRITE_ALL, check_arrays, missing_rows, open_group
+from engine.stores import WRITE_ALL, check_arrays, missing_rows, open_group, open_partial
 
 logger = logging.getLogger(__name__)
 
@@ -88,17 +88,6 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def _partial_replacement(new: Path, fp: str) -> zarr.Group | None:
-    """The replacement cache started at ``new`` for the same source and size, if there is one."""
-    if not new.exists():
-        return None
-    try:
-        group = zarr.open_group(new, mode="r+")
-    except Exception:
-        return None
-    return group if group.attrs.get("fingerprint") == fp else None
-
-
 def _open_store(path: Path, src: Source, size: int, fp: str, overwrite: bool) -> tuple[zarr.Group, Path]:
     """(the cache to fill, where it lives): the existing one when it was made from the same source and size;
     with ``overwrite``, a replacement built beside the old cache (resumed when one was started), else a new one."""
@@ -111,7 +100,7 @@ def _open_store(path: Path, src: Source, size: int, fp: str, overwrite: bool) ->
             old = None
         if old == fp:
             return group, path
-        started = _partial_replacement(beside(path), fp)
+        started = open_partial(beside(path), fingerprint=fp)
         if started is not None:
             logger.info("resuming the replacement of %s in %s", path, beside(path))
             return started, beside(path)

@@ -7,7 +7,6 @@ of ``engine.layout``; readers go through ``open_latents`` and ``iter_blocks``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -69,12 +68,8 @@ def open_latents(run_dir: str | os.PathLike) -> zarr.Group:
         raise ValueError(f"{path} is incomplete (interrupted encode): rerun 'zspace encode --run {run_dir}'")
     check_arrays(group, path, ("z", "recon_mse"), rebuild, required=("z",))
     made_from = group.attrs.get("cache_fingerprint")
-    cache = cache_path(run_dir) / "zarr.json"
-    if made_from is not None and cache.exists():
-        try:
-            now = json.loads(cache.read_text()).get("attributes", {}).get("fingerprint")
-        except ValueError:  # a damaged cache is reported by the stages that read it
-            now = None
+    if made_from is not None:
+        now = _attrs(cache_path(run_dir)).get("fingerprint")
         if now is not None and now != made_from:
             raise ValueError(f"{path} was encoded from another image cache (images.zarr was prepared again since): "
                              f"run 'zspace train --run {run_dir} --overwrite' and 'zspace encode --run {run_dir}'")
@@ -83,13 +78,15 @@ def open_latents(run_dir: str | os.PathLike) -> zarr.Group:
 
 def latents_key(run_dir: str | os.PathLike) -> str | None:
     """The key of the finished latent store (new on every encode or import), or None."""
-    path = latents_path(run_dir) / "zarr.json"
-    if not path.exists():
-        return None
+    return _attrs(latents_path(run_dir)).get("key")
+
+
+def _attrs(path: str | os.PathLike) -> dict:
+    """The attributes of the Zarr group at ``path``; empty when it is absent or unreadable (its readers say why)."""
     try:
-        return json.loads(path.read_text()).get("attributes", {}).get("key")
-    except ValueError:
-        return None
+        return dict(zarr.open_group(path, mode="r").attrs)
+    except Exception:
+        return {}
 
 
 __all__ = ["BLOCK_BYTES", "LatentsError", "block_size", "create_rows_array", "iter_blocks", "latents_key", "open_latents"]

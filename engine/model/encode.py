@@ -34,7 +34,7 @@ from engine.model.autoencoder import to_input
 from engine.model.checkpoint import load_checkpoint, settle_replaced
 from engine.model.config import EncodeConfig
 from engine.model.precision import resolve_device, resolve_precision
-from engine.stores import WRITE_ALL, missing_rows
+from engine.stores import WRITE_ALL, missing_rows, open_partial
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +62,9 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
             raise ValueError(f"{out} holds latents brought in with import-latents ({store.attrs['source'].get('file')}); "
                              f"pass --overwrite to replace them with this model's latents")
         build = beside(out)  # the old latents stay readable until the new ones are complete
-        try:
-            partial = zarr.open_group(build, mode="r+")
-            if partial.attrs.get("checkpoint_sha256") == sha and partial.attrs.get("n") == n:
-                return partial, build
-        except Exception:
-            pass
+        partial = open_partial(build, checkpoint_sha256=sha, n=n)
+        if partial is not None:
+            return partial, build
         logger.warning("%s was made by another checkpoint or cache: encoding again beside it (%s), replacing it "
                        "when complete", out, build.name)
         shutil.rmtree(build, ignore_errors=True)
