@@ -29,7 +29,7 @@ def test_normal_cloud_gives_no_difference(tmp_path):
     saved = json.loads((tmp_path / "structure" / "structure.json").read_text())
     assert set(saved["statistics"]) == set(res["statistics"])
     g = zarr.open_group(tmp_path / "latents.zarr", mode="r")
-    assert g["local_dim"].shape == (6000,) and g["knn_indices"].shape == (6000, 10)
+    assert g["local_dim"].shape == (6000,) and g["knn_indices"].shape == (6000, 90)
     assert np.isfinite(g["local_dim"][:]).all()
     # plane views: only PC1 x PC2 exists in 16-D (PC18, PC35 do not), plus the two widest components
     assert [p["plane"].split(" (")[0] for p in res["planes"]][0] == "PC1 x PC2" and len(res["planes"]) == 2

@@ -39,7 +39,9 @@ class StatsConfig:
 
 @dataclass
 class StructureConfig:
-    k: int = 16  # neighbours per point
+    k: int = 16  # neighbours per point of the statistics
+    graph_k: int = 90  # neighbours per point kept in latents.zarr (knn_indices): tsne of all points reuses the
+    # exact graph up to perplexity graph_k / 3 (openTSNE takes 3 x perplexity neighbours; 90 for its default 30)
     index: str = "exact"  # exact | hnsw | ivf
     sample: int | None = None  # analyse this many randomly chosen points (default: all)
     seed: int = 0
@@ -51,6 +53,8 @@ class StructureConfig:
     def __post_init__(self):
         if self.k < 3:
             raise ValueError(f"k must be >= 3 (local PCA and the ID estimators need neighbours), got {self.k}")
+        if self.graph_k < self.k:
+            raise ValueError(f"graph_k must be >= k = {self.k} (the statistics use the first k), got {self.graph_k}")
         if self.sample is not None and self.sample < self.k + 2:
             raise ValueError(f"sample must be larger than k + 1, got {self.sample}")
 

@@ -1,8 +1,12 @@
-"""k-nearest-neighbour graphs with FAISS: exact search in query blocks, HNSW or IVF on request.
+"""k-nearest-neighbour graphs: the exact graph of a cloud by the self-join kernel, queries with FAISS.
 
-Distances are Euclidean (FAISS returns squared L2; we take the root once).
-A point is never its own neighbour: we ask for k + 1 and drop the query row
-(or, with exact duplicates, the last column).
+``knn_graph`` is the graph of a cloud with itself: exact by ``kernels.selfjoin``
+(each pair's distance computed once, half the work of ``faiss.knn``; ties go to
+the lower row index), or approximate with a FAISS HNSW or IVF index.
+``knn`` searches any queries against a FAISS index (exact flat search in query
+blocks, HNSW or IVF). Distances are Euclidean (FAISS returns squared L2; we
+take the root once). A point is never its own neighbour: ``knn`` asks for
+k + 1 and drops the query row (or, with exact duplicates, the last column).
 """
 
 from __future__ import annotations
@@ -14,9 +18,31 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from kernels.selfjoin import knn_self_join
+
 logger = logging.getLogger(__name__)
 
 INDEXES = ("exact", "hnsw", "ivf")
+
+
+def knn_graph(x: np.ndarray, k: int, kind: str = "exact", seed: int = 0, block: int = 8192, progress: bool = False,
+              desc: str = "kNN") -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest other rows of every row of float32 (N, D) ``x``: (distances float32 (N, k), indices int64 (N, k)).
+
+    ``kind="exact"`` runs the self-join kernel (every pair once, ties to the lower index); ``hnsw`` and ``ivf``
+    search a FAISS index of ``x`` in query blocks of ``block``.
+    """
+    x = np.ascontiguousarray(x, np.float32)
+    if kind != "exact":
+        return knn(build_index(x, kind, seed=seed), x, k, query_ids=np.arange(len(x)), block=block,
+                   progress=progress, desc=desc)
+    n = len(x)
+    bar = tqdm(total=n * (n - 1) // 2, unit="pair", unit_scale=True, desc=desc, disable=None if progress else True,
+               leave=False)
+    try:
+        return knn_self_join(x, k, progress=bar.update)
+    finally:
+        bar.close()
 
 
 def build_index(x: np.ndarray, kind: str = "exact", seed: int = 0, hnsw_m: int = 32, ef_search: int = 64,

@@ -28,7 +28,7 @@ from scipy import stats as sstats
 
 from engine.analysis.config import StructureConfig
 from engine.analysis.gaussian import GaussianFit
-from engine.analysis.knn import build_index, knn, recall_at_k
+from engine.analysis.knn import build_index, knn, knn_graph, recall_at_k
 from engine.analysis.planes import dominant_components, plane_views
 from engine.analysis.structure_figures import structure_figures
 from engine.files import write_json_atomic
@@ -80,12 +80,12 @@ def corrected_dimension(pr: np.ndarray, m: int, d: int) -> np.ndarray:
     return np.clip(dim, pr, d).astype(np.float32)
 
 
-def _cloud_statistics(x: np.ndarray, cfg: StructureConfig, rng, progress: bool, label: str) -> dict:
-    """kNN graph, local PCA and global ID of one cloud."""
+def _cloud_statistics(x: np.ndarray, cfg: StructureConfig, rng, progress: bool, label: str, keep: int) -> dict:
+    """kNN graph (``keep`` >= k neighbours per point), local PCA and global ID of one cloud (on the first k)."""
     t0 = time.perf_counter()
-    index = build_index(x, cfg.index, seed=cfg.seed)
-    dist, idx = knn(index, x, cfg.k, query_ids=np.arange(len(x)), block=cfg.query_block, progress=progress,
-                    desc=f"kNN {label}")
+    graph_dist, graph_idx = knn_graph(x, keep, cfg.index, seed=cfg.seed, block=cfg.query_block, progress=progress,
+                                      desc=f"kNN {label}")
+    dist, idx = graph_dist[:, : cfg.k], graph_idx[:, : cfg.k]
     recall = None
     if cfg.index != "exact":
         q = rng.choice(len(x), size=min(cfg.recall_queries, len(x)), replace=False)
@@ -103,9 +103,9 @@ def _cloud_statistics(x: np.ndarray, cfg: StructureConfig, rng, progress: bool, 
     ldim = corrected_dimension(pr, cfg.k + 1, x.shape[1])
     twonn = twonn_dimension(dist[:, 0].astype(np.float64), dist[:, 1].astype(np.float64))
     lb, lb_points = levina_bickel_dimension(dist.astype(np.float64), cfg.k)
-    return {"dist": dist, "idx": idx, "recall": recall, "n90": n90, "pr": pr, "lin": lin, "ldim": ldim, "twonn": twonn,
-            "levina_bickel": lb, "lb_points": lb_points, "index": index, "seconds_knn": t_knn,
-            "seconds": time.perf_counter() - t0}
+    return {"dist": dist, "idx": idx, "graph_dist": graph_dist, "graph_idx": graph_idx, "recall": recall,
+            "n90": n90, "pr": pr, "lin": lin, "ldim": ldim, "twonn": twonn, "levina_bickel": lb,
+            "lb_points": lb_points, "points": x, "seconds_knn": t_knn, "seconds": time.perf_counter() - t0}
 
 
 def _load_points(z, rows: np.ndarray | None, progress: bool, where) -> np.ndarray:
@@ -123,8 +123,8 @@ def _load_points(z, rows: np.ndarray | None, progress: bool, where) -> np.ndarra
 
 
 def void_statistic(probes: np.ndarray, s: dict, block: int) -> dict:
-    """Probe-to-cloud nearest distances ``u`` against the cloud's own nearest-neighbour distances ``w``."""
-    u, _ = knn(s["index"], probes, 1, block=block)
+    """Probe-to-cloud nearest distances ``u`` (exact) against the cloud's own nearest-neighbour distances ``w``."""
+    u, _ = knn(build_index(s["points"], "exact"), probes, 1, block=block)
     w = s["dist"][:, 0]
     return {"u": u[:, 0], "w": w, "ratio": float(np.median(u) / np.median(w))}
 
@@ -179,8 +179,9 @@ def _verdicts(data_s: dict, null_s: dict, void: dict, cfg: StructureConfig, rng)
     }
 
 
-def _write_point_arrays(run: Path, data_s: dict, rows: np.ndarray | None, n_all: int, k: int) -> None:
-    """Per-point arrays aligned with the rows of z (NaN / -1 where a point was not sampled)."""
+def _write_point_arrays(run: Path, data_s: dict, rows: np.ndarray | None, n_all: int, index: str) -> None:
+    """Per-point arrays aligned with the rows of z (NaN / -1 where a point was not sampled); the kNN graph
+    with all its ``graph_k`` columns, nearest first."""
     latents = zarr.open_group(latents_path(run), mode="r+")
     sel = slice(None) if rows is None else rows
     for name, values, fill, dtype in (("local_dim", data_s["ldim"], np.nan, "float32"),
@@ -191,14 +192,17 @@ def _write_point_arrays(run: Path, data_s: dict, rows: np.ndarray | None, n_all:
         full[sel] = values
         latents.create_array(name, shape=(n_all,), chunks=(min(n_all, 1 << 18),), dtype=dtype, overwrite=True,
                              fill_value=fill, config=WRITE_ALL)[:] = full
-    for name, values, fill, dtype in (("knn_indices", data_s["idx"], -1, "int64"),
-                                      ("knn_distances", data_s["dist"], np.nan, "float32")):
+    k = data_s["graph_idx"].shape[1]
+    for name, values, fill, dtype in (("knn_indices", data_s["graph_idx"], -1, "int64"),
+                                      ("knn_distances", data_s["graph_dist"], np.nan, "float32")):
         full = np.full((n_all, k), fill, dtype)
         # indices refer to analysed rows; map them back to rows of z
         full[sel] = values if rows is None or name == "knn_distances" else rows[values]
-        latents.create_array(name, shape=full.shape, chunks=(min(n_all, 1 << 16), k), dtype=dtype, fill_value=fill,
-                             config=WRITE_ALL,
-                             overwrite=True)[:] = full
+        arr = latents.create_array(name, shape=full.shape, chunks=(min(n_all, 1 << 16), k), dtype=dtype,
+                                   fill_value=fill, config=WRITE_ALL, overwrite=True)
+        arr[:] = full
+        # what tsne checks before it reuses the graph: of which latents, how searched, all rows or a sample
+        arr.attrs.update({"latents_key": latents.attrs.get("key"), "index": index, "complete": rows is None})
 
 
 def compute_structure(run_dir: str | os.PathLike, config: StructureConfig | None = None, progress: bool = True) -> dict:
@@ -219,8 +223,8 @@ def compute_structure(run_dir: str | os.PathLike, config: StructureConfig | None
 
     fit = GaussianFit().fit(x)
     null = fit.sample(n, rng)
-    data_s = _cloud_statistics(x, cfg, rng, progress, "data")
-    null_s = _cloud_statistics(null, cfg, rng, progress, "null")
+    data_s = _cloud_statistics(x, cfg, rng, progress, "data", max(cfg.k, min(cfg.graph_k, n - 1)))
+    null_s = _cloud_statistics(null, cfg, rng, progress, "null", cfg.k)
     # void statistic: probes from the fitted normal; their distance to the nearest point of
     # each cloud, against the nearest-neighbour distances inside that cloud
     probes = fit.sample(cfg.void_probes, rng)
@@ -236,7 +240,7 @@ def compute_structure(run_dir: str | os.PathLike, config: StructureConfig | None
         "seconds": {"knn_data": data_s["seconds_knn"], "knn_null": null_s["seconds_knn"],
                     "total": time.perf_counter() - t0},
     }
-    _write_point_arrays(run, data_s, rows, n_all, cfg.k)
+    _write_point_arrays(run, data_s, rows, n_all, cfg.index)
     result["figures"] = structure_figures(out_dir, result, data_s, null_s, void)
     result["planes"], plane_figs = plane_views(out_dir, x, null, fit, dominant_components(run, fit.std_))
     result["figures"] += plane_figs

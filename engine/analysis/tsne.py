@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from engine.analysis.config import EARLY_EXAGGERATION_ITER, TSNEConfig
 from engine.analysis.gaussian import GaussianFit
+from engine.analysis.knn import knn_graph
 from engine.figures import subplots
 from engine.files import write_json_atomic
 from engine.latents.store import open_latents
@@ -111,35 +112,104 @@ class _Progress:
         self.bar.close()
 
 
-def _embed(x: np.ndarray, cfg: TSNEConfig, progress: bool, label: str):
-    """openTSNE embedding of x (n, K) float32 -> (TSNEEmbedding (n, 2) float64, seconds)."""
-    import openTSNE
+def neighbours_needed(cfg: TSNEConfig, n: int) -> int:
+    """Neighbours per point the affinities use: openTSNE's ``min(n - 1, int(3 * perplexity))``."""
+    return min(n - 1, int(3 * cfg.perplexity))
 
-    bar = _Progress(cfg.n_iter, f"t-SNE {label}", progress)
+
+def saved_graph(group, n_all: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The exact kNN graph ``structure`` wrote into latents.zarr, first k columns, when it covers all n_all rows
+    of the latents as they are now with at least k neighbours; else None."""
+    if "knn_indices" not in group or "knn_distances" not in group:
+        return None
+    idx_a, dist_a = group["knn_indices"], group["knn_distances"]
+    attrs = dict(idx_a.attrs)
+    fits = (idx_a.shape == dist_a.shape and idx_a.shape[0] == n_all and idx_a.shape[1] >= k
+            and attrs.get("index") == "exact" and attrs.get("complete") is True
+            and attrs.get("latents_key") == group.attrs.get("key"))
+    if not fits:
+        return None
+    dist = np.ascontiguousarray(dist_a[:, :k], np.float32)
+    idx = np.ascontiguousarray(idx_a[:, :k], np.int64)
+    if idx.min() < 0 or not np.isfinite(dist).all():
+        return None
+    return dist, idx
+
+
+def _graph(x: np.ndarray, cfg: TSNEConfig, progress: bool, label: str, saved=None):
+    """The exact kNN graph (dist, idx) of x for the affinities, and the seconds it took (0 when ``saved``)."""
+    if saved is not None:
+        return saved, 0.0
     t0 = time.perf_counter()
+    graph = knn_graph(x, neighbours_needed(cfg, len(x)), progress=progress, desc=f"kNN {label}")
+    return graph, time.perf_counter() - t0
+
+
+def _embed(x: np.ndarray, cfg: TSNEConfig, progress: bool, label: str, graph):
+    """openTSNE embedding of x (n, K) float32 -> (TSNEEmbedding (n, 2) float64, seconds dict).
+
+    Affinities come from the exact kNN graph ``graph`` = (dist, idx), each (n, 3 x perplexity); the rest is
+    openTSNE's ``TSNE.fit`` with the same settings, PCA initialisation from x included.
+    """
+    import openTSNE
+    from openTSNE.affinity import PerplexityBasedNN
+    from openTSNE.nearest_neighbors import PrecomputedNeighbors
+
+    seconds = {}
+    t0 = time.perf_counter()
+    dist, idx = graph
+    t1 = time.perf_counter()
+    affinities = PerplexityBasedNN(knn_index=PrecomputedNeighbors(idx, dist), perplexity=cfg.perplexity,
+                                   n_jobs=cfg.n_jobs, random_state=cfg.seed)
+    seconds["affinities"] = time.perf_counter() - t1
+    bar = _Progress(cfg.n_iter, f"t-SNE {label}", progress)
+    t2 = time.perf_counter()
     try:
         emb = openTSNE.TSNE(
             perplexity=cfg.perplexity, early_exaggeration=cfg.early_exaggeration,
             early_exaggeration_iter=EARLY_EXAGGERATION_ITER, n_iter=cfg.n_iter - EARLY_EXAGGERATION_ITER,
             random_state=cfg.seed, n_jobs=cfg.n_jobs, verbose=False,
             callbacks=bar, callbacks_every_iters=CALLBACK_EVERY,
-        ).fit(x)
+        ).fit(x, affinities=affinities)
     finally:
         bar.close()
-    seconds = time.perf_counter() - t0
-    logger.info("t-SNE %s: %d points in %.1f s, KL divergence %.4f", label, len(x), seconds, emb.kl_divergence)
+    seconds["optimise"] = time.perf_counter() - t2
+    seconds["total"] = time.perf_counter() - t0
+    logger.info("t-SNE %s: %d points in %.1f s, KL divergence %.4f", label, len(x), seconds["total"], emb.kl_divergence)
     return emb, seconds
 
 
-def _density_panel(ax, y: np.ndarray, bins: int, norm, title: str):
-    """Log-scaled 2D histogram of (n, 2) points: readable from hundreds to millions of points."""
-    lo, hi = y.min(axis=0), y.max(axis=0)
-    pad = 0.02 * (hi - lo) + 1e-9
-    h, xe, ye = np.histogram2d(y[:, 0], y[:, 1], bins=bins, range=[[lo[0] - pad[0], hi[0] + pad[0]],
-                                                                    [lo[1] - pad[1], hi[1] + pad[1]]])
-    img = np.ma.masked_equal(h.T, 0)  # empty bins stay white: voids are visible
-    im = ax.imshow(img, origin="lower", extent=(xe[0], xe[-1], ye[0], ye[-1]), norm=norm, cmap="viridis",
-                   interpolation="nearest", aspect="equal")
+def neighbours_kept(graph_idx: np.ndarray, embedding: np.ndarray, k: int = 15) -> float:
+    """Mean share of each point's k nearest neighbours in z (the exact graph's first k) that are also among
+    its k nearest in the map (exact, scipy cKDTree): the local quality of a t-SNE map."""
+    from scipy.spatial import cKDTree
+
+    k = min(k, graph_idx.shape[1])
+    _, near = cKDTree(np.asarray(embedding, np.float64)).query(embedding, k + 1, workers=-1)
+    near = near[:, 1:]  # drop the point itself (an exact duplicate may swap with it; rare in a map)
+    # each row holds two sets of k distinct indices: a shared index sits twice, side by side, once sorted
+    both = np.sort(np.concatenate([graph_idx[:, :k], near], axis=1), axis=1)
+    hits = (both[:, 1:] == both[:, :-1]).sum(axis=1)
+    return float(hits.mean() / k)
+
+
+MAP_BINS = 560  # bins per side of a map panel: about one per pixel of its axes at the figure's size and dpi
+
+
+def _map_range(maps: list[np.ndarray]) -> np.ndarray:
+    """One square window holding every map, [[x0, x1], [y0, y1]]: both panels share axes, so sizes compare."""
+    lo = np.min([y.min(axis=0) for y in maps], axis=0)
+    hi = np.max([y.max(axis=0) for y in maps], axis=0)
+    centre, half = (lo + hi) / 2, 0.51 * float(np.max(hi - lo)) + 1e-9
+    return np.array([[centre[0] - half, centre[0] + half], [centre[1] - half, centre[1] + half]])
+
+
+def _density_panel(ax, y: np.ndarray, window: np.ndarray, bins: int, norm, title: str):
+    """Log-shaded 2D histogram of (n, 2) points at about one bin per pixel: single points stay visible, so gaps
+    and clumps show from thousands to millions of points; empty bins stay white."""
+    h, xe, ye = np.histogram2d(y[:, 0], y[:, 1], bins=bins, range=window)
+    im = ax.imshow(np.ma.masked_equal(h.T, 0), origin="lower", extent=(xe[0], xe[-1], ye[0], ye[-1]), norm=norm,
+                   cmap="viridis", interpolation="nearest", aspect="equal")
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")
     ax.set_title(title, fontsize=10)
@@ -147,28 +217,28 @@ def _density_panel(ax, y: np.ndarray, bins: int, norm, title: str):
 
 
 def tsne_figure(path: Path, embedding: np.ndarray, null_embedding: np.ndarray | None, info: dict) -> str:
-    """``tsne.png``: density of the data embedding (and of the null embedding) side by side."""
+    """``tsne.png``: data map beside the null map, same window, same bins and the same log colour scale."""
     n = len(embedding)
-    # ~3 points per bin of the bounding box on average (~5 per occupied one): smooth at 20,000 (82 bins),
-    # fine at 165,000 (234 bins)
-    bins = int(np.clip(np.sqrt(n / 3), 30, 400))
     panels = [(embedding, f"data: {n:,} z-points ({info['space']})")]
     if null_embedding is not None and len(null_embedding):
         panels.append((null_embedding, f"null: {len(null_embedding):,} points from the fitted normal\n"
                                        f"(same mean and covariance, same settings)"))
-    counts = [np.histogram2d(y[:, 0], y[:, 1], bins=bins)[0].max() for y, _ in panels]
+    window = _map_range([y for y, _ in panels])
+    counts = [np.histogram2d(y[:, 0], y[:, 1], bins=MAP_BINS, range=window)[0].max() for y, _ in panels]
     norm = LogNorm(vmin=1, vmax=max(2.0, max(counts)))  # one colour scale for both panels
-    fig, axes = subplots(1, len(panels), figsize=(6.5 * len(panels) + 1, 6.6), dpi=110, squeeze=False,
+    fig, axes = subplots(1, len(panels), figsize=(6.5 * len(panels) + 1, 6.8), dpi=110, squeeze=False,
                          layout="constrained")
     for ax, (y, title) in zip(axes[0], panels):
-        im, _ = _density_panel(ax, y, bins, norm, title)
-    cb = fig.colorbar(im, ax=list(axes[0]), shrink=0.85, label=f"points per bin ({bins} x {bins} bins, log scale)")
+        im, _ = _density_panel(ax, y, window, MAP_BINS, norm, title)
+    cb = fig.colorbar(im, ax=list(axes[0]), shrink=0.85,
+                      label=f"points per bin ({MAP_BINS} x {MAP_BINS} bins, log scale; white: none)")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     cb.ax.yaxis.set_major_formatter(plain)
     cb.ax.yaxis.set_minor_formatter(plain)
     s = info["config"]
-    fig.suptitle(f"t-SNE (openTSNE): perplexity {s['perplexity']:g}, early exaggeration {s['early_exaggeration']:g} "
-                 f"for {EARLY_EXAGGERATION_ITER} of {s['n_iter']} iterations, seed {s['seed']}", fontsize=11)
+    fig.suptitle(f"t-SNE (openTSNE, exact neighbours): perplexity {s['perplexity']:g}, early exaggeration "
+                 f"{s['early_exaggeration']:g} for {EARLY_EXAGGERATION_ITER} of {s['n_iter']} iterations, "
+                 f"seed {s['seed']}", fontsize=11)
     fig.savefig(path)
     return str(path)
 
@@ -216,15 +286,20 @@ def compute_tsne(run_dir: str | os.PathLike, config: TSNEConfig | None = None, p
         extra = {"pca_mean": mean, "pca_components": comps}
         space = f"first {cfg.pca} PCs of {d}-D z"
 
-    emb, sec_data = _embed(x, cfg, progress, "data")
-    seconds = {"data": sec_data}
-    kl = {"data": float(emb.kl_divergence) if emb.kl_divergence is not None else None}
-    null_emb = np.zeros((0, 2), np.float32)
-    if null is not None:
-        nemb, seconds["null"] = _embed(null, cfg, progress, "null")
-        kl["null"] = float(nemb.kl_divergence) if nemb.kl_divergence is not None else None
-        null_emb = np.asarray(nemb, np.float32)
-    embedding = np.asarray(emb, np.float32)
+    # structure's exact graph of z serves when every row is embedded in z itself
+    saved = saved_graph(group, n_all, neighbours_needed(cfg, n)) if cfg.pca is None and n == n_all else None
+    graphs, seconds, kl, kept = {}, {}, {}, {}
+    clouds = {"data": x} if null is None else {"data": x, "null": null}
+    maps = {}
+    for label, cloud in clouds.items():
+        graphs[label], sec_knn = _graph(cloud, cfg, progress, label, saved if label == "data" else None)
+        emb, seconds[label] = _embed(cloud, cfg, progress, label, graphs[label])
+        seconds[label] = {"knn": sec_knn, **seconds[label], "total": sec_knn + seconds[label]["total"]}
+        kl[label] = float(emb.kl_divergence) if emb.kl_divergence is not None else None
+        maps[label] = np.asarray(emb, np.float32)
+        kept[label] = neighbours_kept(graphs[label][1], maps[label])
+    null_emb = maps.get("null", np.zeros((0, 2), np.float32))
+    embedding = maps["data"]
     np.savez(out_dir / "embedding.npz", rows=rows, embedding=embedding, null_embedding=null_emb, **extra)
 
     result = {
@@ -235,7 +310,11 @@ def compute_tsne(run_dir: str | os.PathLike, config: TSNEConfig | None = None, p
         "openTSNE": {"early_exaggeration_iter": EARLY_EXAGGERATION_ITER,
                      "n_iter": cfg.n_iter - EARLY_EXAGGERATION_ITER, "learning_rate": "auto",
                      "initialization": "pca", "negative_gradient_method": "auto"},
+        "neighbours": {"k": int(graphs["data"][1].shape[1]),
+                       "data": "reused: the exact graph of zspace structure (latents.zarr knn_indices)" if saved
+                       else "exact, computed (self-join kernel)"},
         "kl_divergence": kl,
+        "neighbours_kept_15": kept,
         "seconds": seconds,
     }
     t_fig = time.perf_counter()

@@ -203,9 +203,12 @@ def _fragmented(run: Path) -> Section:
         s.missing.append(STAGES["tsne"].command(run))
     else:
         kl = tj.get("kl_divergence", {})
+        kept = tj.get("neighbours_kept_15", {})
         s.figures.append(Figure(run / "tsne" / "tsne.png", "t-SNE map, data beside null",
                                 f"openTSNE of {tj['n']:,} points ({tj['space']}), perplexity {tj['config']['perplexity']:g}. "
-                                f"KL divergence data {kl.get('data', float('nan')):.3f}, null {kl.get('null', float('nan')):.3f}.",
+                                f"KL divergence data {kl.get('data', float('nan')):.3f}, null {kl.get('null', float('nan')):.3f}; "
+                                f"share of each point's 15 nearest neighbours in z kept in the map: data "
+                                f"{kept.get('data', float('nan')):.3f}, null {kept.get('null', float('nan')):.3f}.",
                                 wide=True))
     return s
 

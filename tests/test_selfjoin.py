@@ -1,0 +1,80 @@
+"""The self-join kNN kernel: each pair once, the same graph as a full search."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from kernels.selfjoin import knn_self_join, tile_pairs
+
+
+def lexicographic_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: all pairwise distances in float64, each row sorted by (distance, index), self removed."""
+    x64 = x.astype(np.float64)
+    d2 = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1)
+    n = len(x)
+    idx = np.empty((n, k), np.int64)
+    for r in range(n):
+        others = np.delete(np.arange(n), r)
+        idx[r] = others[np.lexsort((others, d2[r, others]))[:k]]
+    return np.sqrt(np.take_along_axis(d2, idx, axis=1)), idx
+
+
+@pytest.mark.parametrize("tiles", [(64, 100), (100, 64), (37, 37), (4096, 8192)])
+def test_ties_and_duplicates_go_to_the_lower_index(tiles):
+    # small integers: every distance is exact in float32, so ties are exact and many; duplicates abound
+    x = np.random.default_rng(0).integers(0, 3, size=(500, 5)).astype(np.float32)
+    assert len(np.unique(x, axis=0)) < len(x) / 2  # many exact duplicates
+    ref_d, ref_i = lexicographic_knn(x, 7)
+    d, i = knn_self_join(x, 7, row_tile=tiles[0], col_tile=tiles[1])
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-6)
+    assert (i != np.arange(len(x))[:, None]).all(), "a point is never its own neighbour"
+
+
+def test_equals_faiss_knn_on_a_latent_like_cloud():
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((3000, 64)) @ rng.normal(size=(64, 64)) + 2).astype(np.float32)
+    k = 16
+    d, i = knn_self_join(x, k, row_tile=512, col_tile=1024)
+    fd, fi = faiss.knn(x, x, k + 1)
+    # the query itself is faiss's first hit on this tie-free cloud
+    assert (fi[:, 0] == np.arange(len(x))).all()
+    fd, fi = np.sqrt(np.maximum(fd[:, 1:], 0)), fi[:, 1:]
+    scale = float(np.median(fd))
+    np.testing.assert_allclose(d, fd, atol=1e-5 * scale)
+    same = (i == fi).all(axis=1)
+    # rows that differ may only swap neighbours whose distances agree to rounding
+    for r in np.flatnonzero(~same):
+        np.testing.assert_allclose(d[r], fd[r], atol=1e-5 * scale)
+        assert set(i[r, :-1]) <= set(fi[r]), r
+    assert same.mean() > 0.99, same.mean()
+
+
+def test_every_pair_is_in_exactly_one_tile():
+    n = 1000
+    seen = np.zeros((n, n), np.int64)
+    for i0, i1, j0, j1 in tile_pairs(n, 96, 250):
+        block = np.zeros((i1 - i0, j1 - j0), bool)
+        rows, cols = np.arange(i0, i1)[:, None], np.arange(j0, j1)[None, :]
+        block[:] = cols > rows
+        seen[i0:i1, j0:j1] += block
+    assert (seen[np.triu_indices(n, 1)] == 1).all() and (np.tril(seen) == 0).all()
+
+
+def test_progress_counts_every_pair_once():
+    x = np.random.default_rng(2).standard_normal((777, 8)).astype(np.float32)
+    done = []
+    knn_self_join(x, 3, row_tile=100, col_tile=128, progress=done.append)
+    assert sum(done) == 777 * 776 // 2
+
+
+def test_bad_input():
+    x = np.zeros((10, 4), np.float32)
+    with pytest.raises(ValueError, match="k must be in 1 .. N - 1"):
+        knn_self_join(x, 10)
+    with pytest.raises(ValueError, match="x must be a C-contiguous float32"):
+        knn_self_join(x.astype(np.float64), 3)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        knn_self_join(np.zeros((4, 10), np.float32).T, 3)
