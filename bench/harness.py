@@ -12,6 +12,7 @@ plus its worker processes, above its level when ours started, while ours ran
 of the fresh process.
 
     python -m bench [--small] [--only prepare,train_feed] [--data PATH] [--threads N] [--out DIR]
+    python -m bench --scaling [--small]      # cost against N (bench.scaling)
 
 The sizes of both profiles are in bench.profile.SIZES. The full run writes ``bench/results.json`` and
 ``bench/RESULTS.md``; ``--small`` writes to ``bench/small/`` unless ``--out`` says otherwise. ``--small`` is
@@ -74,7 +75,8 @@ def run_bench(small: bool = False, only: list[str] | None = None, data: str | No
     workdir = Path(tempfile.mkdtemp(prefix="zspace-bench-"))
     t_all = time.perf_counter()
     try:
-        ctx = {"sizes": sizes, "workdir": workdir, "cores": cores}
+        ctx = {"sizes": sizes, "workdir": workdir, "cores": cores, "figures": out_dir / "figures"}
+        ctx["figures"].mkdir(parents=True, exist_ok=True)
         if NEED_IMAGES & set(names):
             ctx["images"] = image_folder(sizes.images, Path(data) if data else None, workdir)
         rows = _run_stages(names, ctx)
@@ -94,6 +96,20 @@ def run_bench(small: bool = False, only: list[str] | None = None, data: str | No
     return result
 
 
+def run_scaling_command(small: bool, out_dir: Path, threads: int | None = None) -> dict:
+    """``zspace bench --scaling``: bench.scaling.run_scaling with pinned threads in a scratch folder."""
+    from bench.scaling import run_scaling
+
+    cores = threads or available_cores()
+    pins, restore = pin_threads(cores)
+    workdir = Path(tempfile.mkdtemp(prefix="zspace-scaling-"))
+    try:
+        return run_scaling(small, out_dir, cores, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        restore()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench`` / ``zspace bench``: [--small] [--only STAGE,...] [--data PATH] [--threads N] [--out DIR]."""
     p = argparse.ArgumentParser(prog="zspace bench", description="time every stage against its baseline")
@@ -103,8 +119,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="CelebA root or image folder (default: ../shared/data/celeba-subset when present, else generated JPEGs)")
     p.add_argument("--threads", type=int, default=None, help="threads to pin (default: all cores)")
     p.add_argument("--out", default=None, help="output folder (default: bench/, or bench/small/ with --small)")
+    p.add_argument("--scaling", action="store_true",
+                   help="time stats, kNN, structure and t-SNE against N instead (bench.scaling): scaling.json, "
+                        "SCALING.md, figures/scaling.png")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if a.scaling:
+        run_scaling_command(a.small, Path(a.out) if a.out else default_out_dir(a.small), a.threads)
+        return 0
     try:
         run_bench(small=a.small, only=a.only.split(",") if a.only else None, data=a.data, threads=a.threads,
                   out_dir=Path(a.out) if a.out else None)

@@ -209,3 +209,21 @@ def pin_threads(cores: int) -> tuple[dict, Callable[[], None]]:
             u()
 
     return pins, restore
+
+
+def sgemm_gflops(rows: int, cols: int, d: int = 256, seconds: float = 2.0) -> float:
+    """The machine's float32 matrix-product rate (GFLOP/s) on one (rows x d) @ (d x cols) tile, numpy's BLAS,
+    best of repeated calls for ``seconds``: the ceiling for a distance search built on such tiles."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((rows, d), dtype=np.float32)
+    b = rng.standard_normal((cols, d), dtype=np.float32)
+    out = np.empty((rows, cols), np.float32)
+    np.matmul(a, b.T, out=out)
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        np.matmul(a, b.T, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * rows * cols * d / best / 1e9

@@ -1,5 +1,5 @@
-"""The stages on latents: the in-memory ``kernels``, end-to-end ``stats`` and ``structure`` streaming from
-Zarr, ``knn``, ``local_pca`` and ``tsne``, on a generated latent-like cloud (``latent_cloud``) so that they
+"""The stages on latents: the in-memory ``kernels``, end-to-end ``stats`` streaming from Zarr, ``knn``,
+``local_pca`` and ``tsne`` (``structure`` and the study-scale maps are in bench.scaling), on a generated latent-like cloud (``latent_cloud``) so that they
 need no trained model. Each returns its rows; sizes come from ``ctx["sizes"]`` (bench.profile).
 """
 
@@ -30,35 +30,35 @@ def latent_cloud(n: int, d: int = 256, seed: int = 0) -> np.ndarray:
 
 
 def stage_kernels(ctx) -> list[Row]:
-    """Histograms, radii and covariance of a CelebA-sized cloud (all of CelebA in the full profile) in memory."""
-    from kernels.reference import COMPARISONS
+    """Histograms, radii and moments of a CelebA-sized cloud in memory, each against every fast-path baseline
+    of kernels.reference.BASELINES, and against one read of the array from memory (the floor for any kernel)."""
+    from kernels.reference import BASELINES, COMPARISONS
 
     n = ctx["sizes"].kernels_rows
     x = latent_cloud(n)
     w = 0.25
     lo = float(np.floor(x.min() / w) * w)
     nbins = int(np.ceil((x.max() - lo) / w))
-    rows = []
-    # one pass over memory: the floor for any kernel
-    read_sum, read_peak = measure(lambda: x.sum(dtype=np.float64), 5)
-    rows.append(Row("read_array", f"{n:,} x 256 f32", read_sum, read_sum, "x.sum()", "x.sum()",
-                    f"{x.nbytes / read_sum / 1e9:.1f} GB/s", peak_mb=read_peak, notes="memory read floor for the kernels below"))
+    size = f"{n:,} x 256 f32"
+    read_s, read_peak = measure(lambda: x.sum(), 5)  # float32 pairwise summation: SIMD, bound by the read
+    rows = [Row("read_array", size, read_s, float("nan"), "x.sum(): one read of the array", "-",
+                f"{x.nbytes / read_s / 1e9:.1f} GB/s", peak_mb=read_peak,
+                notes="the memory-read floor of the kernels below; no baseline")]
     for name, args in (("component_histograms", (x, lo, w, nbins)), ("row_norms", (x,)), ("block_moments", (x,))):
-        ours, ref = COMPARISONS[name]
+        ours = COMPARISONS[name][0]
         ours(*args)  # warm-up: numba compiles here
-        ref(*args)
         t_o, peak = measure(lambda: ours(*args), 3)
-        t_r = best_of(lambda: ref(*args), 1 if name == "component_histograms" else 2)
-        label = {"component_histograms": f"per-column np.histogram loop ({nbins} bins)",
-                 "row_norms": "np.linalg.norm(x, axis=1)", "block_moments": "np.cov(x, rowvar=False)"}[name]
-        note = f"{t_o / read_sum:.1f}x the read floor" if name == "component_histograms" else ""
-        rows.append(Row(name, f"{n:,} x 256 f32", t_o, t_r, f"numba {name}", label,
-                        f"{x.nbytes / t_o / 1e9:.2f} GB/s", peak_mb=peak, notes=note))
+        for label, base in BASELINES[name]:
+            base(*args)
+            t_b = best_of(lambda: base(*args), 2)
+            rows.append(Row(name, size, t_o, t_b, f"numba {name}", label, f"{x.nbytes / t_o / 1e9:.2f} GB/s",
+                            peak_mb=peak, notes=f"ours {t_o / read_s:.1f}x the read floor"
+                            + (f"; {nbins} bins" if name == "component_histograms" else "")))
     return rows
 
 
-def _write_latents(run: Path, n: int) -> None:
-    """A complete ``RUN/latents.zarr`` holding ``latent_cloud`` rows in the store's chunking."""
+def write_latents(run: Path, n: int) -> np.ndarray:
+    """A complete ``RUN/latents.zarr`` holding ``latent_cloud`` rows in the store's chunking; returns z."""
     import zarr
 
     from engine.layout import chunk_rows
@@ -68,9 +68,11 @@ def _write_latents(run: Path, n: int) -> None:
     for s in range(0, n, 131072):
         z[s : min(s + 131072, n)] = latent_cloud(min(131072, n - s), seed=s)
     g.attrs["complete"] = True
+    g.attrs["key"] = f"bench-{n}"
+    return z[...]
 
 
-def _stats_subprocess(run: Path, warm: Path) -> tuple[float, float]:
+def stats_subprocess(run: Path, warm: Path) -> tuple[float, float]:
     """Wall time and peak resident memory (MB) of `zspace stats` in a fresh process, after a warm-up on ``warm``."""
     import subprocess
     import sys
@@ -95,11 +97,11 @@ def stage_stats(ctx) -> list[Row]:
     warm = Path(tempfile.mkdtemp(dir=ctx["workdir"]))
     # the warm-up run in the same fresh process: 20,000 rows hold one full 16 MB block, so it compiles the
     # threaded kernels the timed run uses (smaller inputs take the cached serial ones) and loads matplotlib
-    _write_latents(warm, 20_000)
+    write_latents(warm, 20_000)
     for n, what in ctx["sizes"].stats:
         run = Path(tempfile.mkdtemp(dir=ctx["workdir"]))
-        _write_latents(run, n)
-        t, peak = _stats_subprocess(run, warm)
+        write_latents(run, n)
+        t, peak = stats_subprocess(run, warm)
         rows.append(Row(f"stats_{what}", f"{n:,} x 256 from Zarr", t, float("nan"),
                         "zspace stats in a fresh process (3 streamed passes, PCA written, figures)", "-",
                         f"{n / t:,.0f} rows/s", peak_mb=peak,
@@ -111,90 +113,119 @@ def stage_stats(ctx) -> list[Row]:
 
 
 def stage_knn(ctx) -> list[Row]:
-    """Exact kNN graph: FAISS flat search in query blocks vs sklearn NearestNeighbors(algorithm="brute")."""
+    """Exact kNN graph of a cloud: the self-join kernel against ``faiss.knn`` in one call and sklearn brute force,
+    each with its achieved GFLOP/s against the machine's sgemm rate on the tile shape it uses."""
+    import faiss
     from sklearn.neighbors import NearestNeighbors
 
-    from engine.analysis.knn import build_index, knn
+    from bench.measure import sgemm_gflops
+    from engine.analysis.knn import knn_graph
+    from kernels.selfjoin import COL_TILE, ROW_TILE
 
-    n, k = ctx["sizes"].knn_rows, 16
+    n, k, d = ctx["sizes"].knn_rows, 16, 256
     x = latent_cloud(n)
-    ids = np.arange(n)
-
-    def ours(x=x, ids=ids):
-        return knn(build_index(x), x, k, query_ids=ids)
-
-    def base(x=x):
-        return NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(x).kneighbors(x)
-
-    ours(x[:500], ids[:500])  # warm-up
-    base(x[:500])
-    t_o, peak = measure(ours, 1)
-    t_b = best_of(base, 1)
-    return [Row("knn_exact", f"{n:,} x 256, k={k}", t_o, t_b, "FAISS IndexFlatL2, query blocks",
-                "sklearn NearestNeighbors(brute)", f"{n / t_o:,.0f} queries/s", peak_mb=peak)]
+    knn_graph(x[:3000], k)  # warm-up: numba compiles
+    faiss.knn(x[:500], x[:500], k + 1)
+    t_o, peak = measure(lambda: knn_graph(x, k), 1)
+    ours_rate = n * (n - 1) / 2 * 2 * d / t_o / 1e9  # each pair once
+    ceiling = sgemm_gflops(ROW_TILE, COL_TILE, d)
+    faiss_ceiling = sgemm_gflops(faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs, d)
+    size = f"{n:,} x {d}, k={k}"
+    rows = []
+    t_f = best_of(lambda: faiss.knn(x, x, k + 1), 1)
+    f_rate = n * n * 2 * d / t_f / 1e9
+    rows.append(Row("knn_exact", size, t_o, t_f, "self-join kernel (each pair once)", "faiss.knn(x, x, k + 1), one call",
+                    f"{n / t_o:,.0f} pts/s", peak_mb=peak,
+                    notes=f"ours {ours_rate:.0f} GFLOP/s of useful work vs sgemm {ceiling:.0f} GFLOP/s on its "
+                          f"{ROW_TILE}x{d} @ {d}x{COL_TILE} tiles; faiss {f_rate:.0f} GFLOP/s vs sgemm "
+                          f"{faiss_ceiling:.0f} GFLOP/s on its tiles"))
+    t_s = best_of(lambda: NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(x).kneighbors(x), 1)
+    rows.append(Row("knn_exact", size, t_o, t_s, "self-join kernel (each pair once)",
+                    'sklearn NearestNeighbors(algorithm="brute").kneighbors', f"{n / t_o:,.0f} pts/s", peak_mb=peak,
+                    notes=f"sklearn {n * n * 2 * d / t_s / 1e9:.0f} GFLOP/s"))
+    return rows
 
 
 def stage_local_pca(ctx) -> list[Row]:
-    """Local PCA of every k=16 neighbourhood: numba Gram-matrix kernel vs batched numpy eigvalsh of D x D covariances."""
-    from kernels.reference import COMPARISONS
+    """Local PCA of every k=17 neighbourhood (a point and its 16 neighbours, as structure has it): numba kernel
+    against batched eigvalsh of the 17 x 17 Gram matrices, both on all neighbourhoods."""
+    from kernels.reference import BASELINES, COMPARISONS
 
-    ours, ref = COMPARISONS["local_pca"]
-    n, k = ctx["sizes"].local_pca_rows, 16
+    ours = COMPARISONS["local_pca"][0]
+    n, k = ctx["sizes"].local_pca_rows, 17
     x = latent_cloud(n)
     nb = np.random.default_rng(0).integers(0, n, size=(n, k)).astype(np.int64)
-    ours(x, nb[:100])  # compile
-    ref(x, nb[:8])
+    ours(x, nb[:1000])  # compile the threaded variant the full size runs (1000 x 17 x 256 > 2^20 elements)
     t_o, peak = measure(lambda: ours(x, nb), 1)
-    m = ctx["sizes"].local_pca_baseline_rows  # the baseline on a subset, extrapolated linearly (it is per-neighbourhood work)
-    t_sub = best_of(lambda: ref(x, nb[:m]), 1)
-    return [Row("local_pca", f"{n:,} neighbourhoods, k={k}, D=256", t_o, t_sub * n / m, "numba local_pca (k x k Gram)",
-                "numpy eigvalsh of (D, D) covariances", f"{n / t_o:,.0f} pts/s", peak_mb=peak,
-                notes=f"baseline timed on {m} neighbourhoods and scaled to {n:,}")]
+    rows = []
+    for label, base in BASELINES["local_pca"]:
+        base(x, nb[:100])
+        t_b = best_of(lambda: base(x, nb), 1)
+        rows.append(Row("local_pca", f"{n:,} neighbourhoods, k={k}, D=256", t_o, t_b, "numba local_pca (k x k Gram)",
+                        label, f"{n / t_o:,.0f} pts/s", peak_mb=peak))
+    return rows
 
 
 def stage_tsne(ctx) -> list[Row]:
-    """t-SNE of a 256-D cloud: openTSNE vs sklearn.manifold.TSNE, same perplexity and iterations."""
+    """A t-SNE map at the study's size: `zspace tsne` (exact neighbours by the self-join kernel, openTSNE's
+    optimisation) against openTSNE's ``TSNE(n_jobs).fit`` with its defaults and sklearn ``TSNE``, same points."""
     from openTSNE import TSNE as OpenTSNE
     from sklearn.manifold import TSNE as SkTSNE
 
-    n, iters = ctx["sizes"].tsne_rows, ctx["sizes"].tsne_iters
-    x = latent_cloud(n)
+    from engine.analysis.knn import knn_graph
+    from engine.analysis.tsne import TSNEConfig, compute_tsne
 
-    def ours(x=x, iters=iters):
-        return OpenTSNE(perplexity=30, n_iter=iters - 250, early_exaggeration_iter=250, random_state=0,
-                        n_jobs=ctx["cores"]).fit(x)
-
-    def base(x=x, iters=iters):
-        return SkTSNE(perplexity=30, max_iter=iters, random_state=0, n_jobs=ctx["cores"], init="pca").fit_transform(x)
-
-    ours(x[:300], 260)  # warm-up
-    base(x[:300], 260)
-    t_o, peak = measure(ours, 1)
-    t_b = best_of(base, 1)
-    return [Row("tsne", f"{n:,} x 256, {iters} iterations", t_o, t_b, "openTSNE (FFT-accelerated)",
-                "sklearn TSNE (Barnes-Hut)", f"{n / t_o:,.0f} pts/s", peak_mb=peak)]
-
-
-def stage_structure(ctx) -> list[Row]:
-    """End-to-end `zspace structure` (exact kNN of data and null, local PCA, IDs, voids, planes)."""
-    from engine.analysis.structure import compute_structure
-
-    n = ctx["sizes"].structure_rows
-    warm = Path(tempfile.mkdtemp(dir=ctx["workdir"]))
-    _write_latents(warm, 1_000)
-    compute_structure(warm, progress=False)  # warm-up: numba compiles, FAISS loads
-    shutil.rmtree(warm)
+    n = ctx["sizes"].tsne_rows
     run = Path(tempfile.mkdtemp(dir=ctx["workdir"]))
-    _write_latents(run, n)
+    x = write_latents(run, n)
+    warm = Path(tempfile.mkdtemp(dir=ctx["workdir"]))
+    write_latents(warm, 400)
+    compute_tsne(warm, TSNEConfig(n=400, n_iter=260, null=False), progress=False)  # warm-up: numba, FFTW plans
     res = {}
+    t_all, peak = measure(lambda: res.update(compute_tsne(run, TSNEConfig(n=n, null=True), progress=False)), 1)
+    t_o = res["seconds"]["data"]["total"]  # the data map alone: kNN, affinities, optimisation
+    fig = ctx.get("figures")
+    if fig is not None:
+        shutil.copy(run / "tsne" / "tsne.png", fig / f"tsne_{n}.png")
+    graph = knn_graph(x, min(90, n - 1))
+    q = map_quality(run, x, graph=graph)
+    rows = []
+    base_res = {}
+    t_b, peak_b = measure(lambda: base_res.update(emb=OpenTSNE(n_jobs=ctx["cores"], random_state=0).fit(x)), 1)
+    qb = map_quality(run, x, np.asarray(base_res["emb"]), graph)
+    rows.append(Row("tsne", f"{n:,} x 256, 750 iterations", t_o, t_b, "zspace tsne, data map (exact kNN)",
+                    "openTSNE TSNE(n_jobs).fit, defaults", f"{n / t_o:,.0f} pts/s", peak_mb=peak,
+                    notes=f"KL ours {q['kl']:.4f} vs {qb['kl']:.4f}, 15-NN kept ours {q['kept']:.3f} vs "
+                          f"{qb['kept']:.3f} (both against the exact affinities); the command with its null map "
+                          f"took {t_all:.0f} s; baseline peak {peak_b:,.0f} MB",
+                    extra={"ours": q, "openTSNE": qb}))
+    sk = {}
+    t_s = best_of(lambda: sk.update(emb=SkTSNE(n_jobs=ctx["cores"], random_state=0).fit_transform(x)), 1)
+    qs = map_quality(run, x, sk["emb"], graph)
+    rows.append(Row("tsne", f"{n:,} x 256", t_o, t_s, "zspace tsne, data map (exact kNN)",
+                    "sklearn TSNE(n_jobs).fit_transform, defaults", f"{n / t_o:,.0f} pts/s", peak_mb=peak,
+                    notes=f"sklearn KL {qs['kl']:.4f}, 15-NN kept {qs['kept']:.3f}", extra={"sklearn": qs}))
+    return rows
 
-    def go():
-        res.update(compute_structure(run, progress=False))
 
-    t, peak = measure(go, 1)
-    shutil.rmtree(run)
-    return [Row("structure", f"{n:,} x 256, k=16, exact", t, float("nan"), "zspace structure (data + null)", "-",
-                f"{n / t:,.0f} pts/s", peak_mb=peak,
-                notes=f"kNN data {res['seconds']['knn_data']:.1f} s, null {res['seconds']['knn_null']:.1f} s")]
+def map_quality(run: Path, x: np.ndarray, embedding: np.ndarray | None = None, graph=None) -> dict:
+    """KL divergence of a map (default: the run's data map) against the affinities of the exact kNN graph
+    (``graph`` = (dist, idx) with >= 90 neighbours, else computed) at perplexity 30, and the share of each
+    point's 15 nearest neighbours in z kept in the map: the same yardstick for every method's map."""
+    from openTSNE.affinity import PerplexityBasedNN
+    from openTSNE.nearest_neighbors import PrecomputedNeighbors
+    from openTSNE.tsne import kl_divergence_fft
 
+    from engine.analysis.knn import knn_graph
+    from engine.analysis.tsne import neighbours_kept
 
+    if embedding is None:
+        with np.load(run / "tsne" / "embedding.npz") as f:
+            embedding = f["embedding"]
+    dist, idx = graph if graph is not None else knn_graph(x, min(90, len(x) - 1))
+    dist, idx = np.ascontiguousarray(dist[:, :90]), np.ascontiguousarray(idx[:, :90])
+    p = PerplexityBasedNN(knn_index=PrecomputedNeighbors(idx, dist), perplexity=30, n_jobs=2).P
+    y = np.ascontiguousarray(embedding, np.float64)
+    kl, _ = kl_divergence_fft(y, p, dof=1, fft_params={"n_interpolation_points": 3, "min_num_intervals": 50,
+                                                        "ints_in_interval": 1}, should_eval_error=True, n_jobs=2)
+    return {"kl": float(kl), "kept": neighbours_kept(idx, y)}

@@ -42,8 +42,8 @@ def test_every_row_is_finite(small):
         if r["baseline"] != "-":
             assert r["baseline_s"] is not None and math.isfinite(r["baseline_s"]) and r["baseline_s"] > 0, r
             assert r["ratio"] is not None and math.isfinite(r["ratio"]) and r["ratio"] > 0, r
-        else:  # the end-to-end rows have no baseline, and say so
-            assert r["group"] in ("stats", "structure"), r
+        else:  # the end-to-end stats rows and the memory-read floor have no baseline, and say so
+            assert r["group"] in ("stats", "kernels") and (r["group"] == "stats" or r["stage"] == "read_array"), r
             assert r["baseline_s"] is None and r["ratio"] is None, r
 
 
@@ -121,3 +121,27 @@ def test_bench_stages_measure_stages_of_the_pipeline_table():
     assert set(MEASURES.values()) <= set(STAGE_NAMES)
     # every computing stage before compare has a benchmark row
     assert {"prepare", "train", "encode", "stats", "structure", "tsne"} <= set(MEASURES.values())
+
+
+@pytest.mark.slow  # the --scaling --small profile: about 2.5 minutes on 2 cores
+def test_scaling_small_writes_table_figure_and_exponents(tmp_path):
+    from bench.harness import run_scaling_command
+    from bench.profile import scaling_sizes
+    from bench.scaling import STAGE_LABELS, fitted_exponent
+
+    result = run_scaling_command(small=True, out_dir=tmp_path)
+    sizes = scaling_sizes(True)
+    points = result["points"]
+    for p in points:
+        assert math.isfinite(p["seconds"]) and p["seconds"] > 0 and p["peak_mb"] >= 0, p
+    for stage in ("stats", "knn", "structure", "tsne"):
+        ns = sorted(p["n"] for p in points if p["stage"] == stage)
+        assert set(sizes.ns) <= set(ns), (stage, ns)
+    # the all-points map reused structure's graph; the subsets computed theirs
+    assert all(p["neighbours"].startswith("reused") for p in points if p["stage"] == "tsne")
+    (base,) = [p for p in points if p["stage"] == "openTSNE_defaults"]
+    assert base["n"] == max(sizes.ns) and 0 < base["kept"] <= 1 and base["kl"] > 0 and base["ours_kl"] > 0
+    assert (tmp_path / "figures" / "scaling.png").stat().st_size > 10_000
+    md = (tmp_path / "SCALING.md").read_text()
+    assert all(f"| {s} |" in md for s in STAGE_LABELS if s != "tsne_subset")
+    assert fitted_exponent([1e3, 1e4, 1e5], [1.0, 100.0, 1e4]) == pytest.approx(2.0)
