@@ -142,8 +142,9 @@ def cmd_stats(args) -> dict:
 def cmd_structure(args) -> dict:
     from engine.analysis.structure import compute_structure
 
-    res = compute_structure(args.run, StructureConfig(k=args.k, index=args.index, sample=args.sample, seed=args.seed),
-                            progress=not args.quiet)
+    cfg = StructureConfig(k=args.k, graph_k=max(args.k, args.graph_k), index=args.index, sample=args.sample,
+                          seed=args.seed)
+    res = compute_structure(args.run, cfg, progress=not args.quiet)
     return {
         "structure": str(STAGES["structure"].output_path(args.run)),
         "n": res["n"], "k": res["k"], "index": res["index"], "recall_at_k": res["recall_at_k"],
@@ -247,8 +248,12 @@ def _analysis_verbs(verb) -> None:
 
     sp = verb("structure", cmd_structure, STAGES["structure"].summary)
     sp.add_argument("--k", type=_positive_int, default=StructureConfig.k, help=f"neighbours per point (default {StructureConfig.k})")
+    sp.add_argument("--graph-k", type=_positive_int, default=StructureConfig.graph_k,
+                    help=f"neighbours per point kept in latents.zarr (default {StructureConfig.graph_k}): 'zspace tsne' "
+                         f"of all points reuses the exact graph up to perplexity graph-k / 3")
     sp.add_argument("--index", choices=("exact", "hnsw", "ivf"), default=StructureConfig.index,
-                    help="FAISS index: exact (default) or approximate with measured recall")
+                    help="exact (default: the self-join kernel, each pair once) or a FAISS approximate index "
+                         "with measured recall")
     sp.add_argument("--sample", type=_positive_int, default=None, help="analyse N randomly chosen points (default all)")
     sp.add_argument("--seed", type=int, default=StructureConfig.seed)
 

@@ -78,3 +78,17 @@ def test_bad_input():
         knn_self_join(x.astype(np.float64), 3)
     with pytest.raises(ValueError, match="C-contiguous"):
         knn_self_join(np.zeros((4, 10), np.float32).T, 3)
+
+
+def test_nearest_distances_equal_brute_force():
+    from engine.analysis.knn import nearest_distances
+
+    rng = np.random.default_rng(3)
+    pts = rng.standard_normal((1500, 24)).astype(np.float32)
+    q = np.concatenate([rng.standard_normal((700, 24)), pts[:5]]).astype(np.float32)  # 5 probes on points
+    ref = np.sqrt(((q[:, None, :].astype(np.float64) - pts[None, :, :]) ** 2).sum(-1).min(axis=1))
+    got = nearest_distances(q, pts, query_block=256, point_block=400)
+    np.testing.assert_allclose(got[:-5], ref[:-5], rtol=1e-5)
+    assert (got[-5:] < 1e-3 * ref.mean()).all(), got[-5:]  # cancellation in |q|^2 + |p|^2 - 2 q.p, as in FAISS
+    with pytest.raises(ValueError, match="must share D"):
+        nearest_distances(q, pts[:, :3])

@@ -69,6 +69,32 @@ def build_index(x: np.ndarray, kind: str = "exact", seed: int = 0, hnsw_m: int =
     return index
 
 
+def nearest_distances(queries: np.ndarray, points: np.ndarray, query_block: int = 2048,
+                      point_block: int = 8192) -> np.ndarray:
+    """Euclidean distance from each query (Q, D) to its nearest row of ``points`` (N, D): float32 (Q,), exact.
+
+    Tiles of ``|q|^2 + |p|^2 - 2 q.p`` by numpy's sgemm (the formula FAISS uses) and a running minimum;
+    memory: one (query_block, point_block) float32 tile.
+    """
+    q = np.ascontiguousarray(queries, np.float32)
+    p = np.ascontiguousarray(points, np.float32)
+    if q.ndim != 2 or p.ndim != 2 or q.shape[1] != p.shape[1] or len(p) == 0:
+        raise ValueError(f"queries (Q, D) and points (N >= 1, D) must share D, got {q.shape} and {p.shape}")
+    qn, pn = np.einsum("ij,ij->i", q, q), np.einsum("ij,ij->i", p, p)
+    best = np.full(len(q), np.inf, np.float32)
+    tile = np.empty((query_block, point_block), np.float32)
+    for s in range(0, len(q), query_block):
+        e = min(s + query_block, len(q))
+        for a in range(0, len(p), point_block):
+            b = min(a + point_block, len(p))
+            t = tile[: e - s, : b - a]
+            np.matmul(q[s:e], p[a:b].T, out=t)
+            t *= -2
+            t += pn[a:b]
+            np.minimum(best[s:e], t.min(axis=1) + qn[s:e], out=best[s:e])
+    return np.sqrt(np.maximum(best, 0))
+
+
 def knn(index, queries: np.ndarray, k: int, query_ids: np.ndarray | None = None, block: int = 8192,
         progress: bool = False, desc: str = "kNN") -> tuple[np.ndarray, np.ndarray]:
     """The k nearest indexed points of each query: (distances float32 (Q, k), indices int64 (Q, k)).

@@ -28,7 +28,7 @@ from scipy import stats as sstats
 
 from engine.analysis.config import StructureConfig
 from engine.analysis.gaussian import GaussianFit
-from engine.analysis.knn import build_index, knn, knn_graph, recall_at_k
+from engine.analysis.knn import build_index, knn, knn_graph, nearest_distances, recall_at_k
 from engine.analysis.planes import dominant_components, plane_views
 from engine.analysis.structure_figures import structure_figures
 from engine.files import write_json_atomic
@@ -124,9 +124,9 @@ def _load_points(z, rows: np.ndarray | None, progress: bool, where) -> np.ndarra
 
 def void_statistic(probes: np.ndarray, s: dict, block: int) -> dict:
     """Probe-to-cloud nearest distances ``u`` (exact) against the cloud's own nearest-neighbour distances ``w``."""
-    u, _ = knn(build_index(s["points"], "exact"), probes, 1, block=block)
+    u = nearest_distances(probes, s["points"])
     w = s["dist"][:, 0]
-    return {"u": u[:, 0], "w": w, "ratio": float(np.median(u) / np.median(w))}
+    return {"u": u, "w": w, "ratio": float(np.median(u) / np.median(w))}
 
 
 def compare_distributions(name: str, dv: np.ndarray, nv: np.ndarray, halves, rng, b: int, stat=np.median) -> dict:
