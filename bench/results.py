@@ -93,7 +93,9 @@ def results_markdown(rows: list[Row], info: dict, small: bool, cores: int, pins:
             f"Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".\n\n"
             "Ratio = baseline time / our time (above 1: zspace is faster); both sides timed in the same process after "
             "a warm-up. Absolute times hold for this machine only.\n\n"
-            f"{PEAK_NOTE[0].upper() + PEAK_NOTE[1:]}\n\n" + format_table(rows))
+            f"{PEAK_NOTE[0].upper() + PEAK_NOTE[1:]}\n\n" + format_table(rows)
+            + "\nHow each stage's cost grows with N, and the t-SNE of all 202,599 points beside openTSNE's defaults: "
+              "`zspace bench --scaling` (SCALING.md, figures/scaling.png).\n")
 
 
 def write_results(out_dir: Path, result: dict, rows: list[Row]) -> None:
