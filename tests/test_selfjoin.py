@@ -52,6 +52,29 @@ def test_equals_faiss_knn_on_a_latent_like_cloud():
     assert same.mean() > 0.99, same.mean()
 
 
+def test_equals_faiss_knn_on_a_cloud_of_duplicates_and_ties():
+    """faiss.knn breaks ties its own way and may drop a duplicate instead of the query itself: the distances
+    agree exactly, and the neighbours wherever the k-th distance is not tied with the next."""
+    x = np.random.default_rng(5).integers(0, 4, size=(800, 4)).astype(np.float32)
+    k = 6
+    d, i = knn_self_join(x, k)
+    fd, fi = faiss.knn(x, x, k + 1)  # the query is among its k + 1 nearest (at distance 0)
+    rows = np.arange(len(x))
+    f_dist = np.empty((len(x), k), np.float32)
+    f_idx = np.empty((len(x), k), np.int64)
+    for r in rows:
+        own = np.flatnonzero(fi[r] == r)
+        keep = np.delete(np.arange(k + 1), own[0] if len(own) else k)
+        f_dist[r], f_idx[r] = np.sqrt(np.maximum(fd[r, keep], 0)), fi[r, keep]
+    np.testing.assert_array_equal(d, f_dist)
+    _, ref_k1 = lexicographic_knn(x, k + 1)
+    d2_next = ((x - x[ref_k1[:, k]]) ** 2).sum(1)
+    untied = np.sqrt(d2_next) > d[:, -1]  # the k-th and (k+1)-th distances differ: the set is unique
+    assert untied.sum() > 50
+    for r in np.flatnonzero(untied):
+        assert set(i[r]) == set(f_idx[r]), r
+
+
 def test_every_pair_is_in_exactly_one_tile():
     n = 1000
     seen = np.zeros((n, n), np.int64)
