@@ -125,11 +125,12 @@ def test_bench_stages_measure_stages_of_the_pipeline_table():
 
 @pytest.mark.slow  # the --scaling --small profile: about 2.5 minutes on 2 cores
 def test_scaling_small_writes_table_figure_and_exponents(tmp_path):
-    from bench.harness import run_scaling_command
     from bench.profile import scaling_sizes
     from bench.scaling import STAGE_LABELS, fitted_exponent
+    from cli import main as zspace
 
-    result = run_scaling_command(small=True, out_dir=tmp_path)
+    assert zspace(["bench", "--scaling", "--small", "--out", str(tmp_path)]) == 0  # as a user runs it
+    result = json.loads((tmp_path / "scaling.json").read_text())
     sizes = scaling_sizes(True)
     points = result["points"]
     for p in points:
