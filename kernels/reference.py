@@ -158,35 +158,35 @@ def local_pca_ours(z, neighbours):
     return local_pca(z, neighbours, np.empty((neighbours.shape[0], m), dtype=np.float64))
 
 
+def _neighbourhood_eigvals(z, neighbours, batch, gram):
+    """Descending eigenvalues of each centred neighbourhood's covariance, ``batch`` neighbourhoods at a time:
+    of the (k x k) Gram matrices when ``gram`` (their nonzero eigenvalues are the covariance's), else of the
+    (D x D) covariances themselves."""
+    n, k = neighbours.shape
+    m = min(k, z.shape[1])
+    out = np.empty((n, m), dtype=np.float64)
+    for s in range(0, n, batch):
+        x = z[neighbours[s:s + batch]].astype(np.float64)  # (b, k, D)
+        xc = x - x.mean(axis=1, keepdims=True)
+        a, b = (xc, xc.transpose(0, 2, 1)) if gram else (xc.transpose(0, 2, 1), xc)
+        lam = np.linalg.eigvalsh(np.matmul(a, b) / (k - 1))[:, ::-1][:, :m]
+        out[s:s + batch] = np.clip(lam, 0, None) if gram else lam
+    return out
+
+
 def local_pca_numpy(z, neighbours, batch=512):
     """What a user would write: np.cov of each neighbourhood (D x D, ddof=1),
     eigenvalues of a (batch, D, D) stack at once. ``eigvalsh``, not ``eigh``:
     only eigenvalues are wanted, and skipping the eigenvectors makes the
     baseline faster (LAPACK syevd with jobz='N'), so ratios against it are
     conservative."""
-    n, k = neighbours.shape
-    m = min(k, z.shape[1])
-    out = np.empty((n, m), dtype=np.float64)
-    for s in range(0, n, batch):
-        x = z[neighbours[s:s + batch]].astype(np.float64)  # (b, k, D)
-        xc = x - x.mean(axis=1, keepdims=True)
-        cov = np.matmul(xc.transpose(0, 2, 1), xc) / (k - 1)  # np.cov(x[i], rowvar=False) per i
-        out[s:s + batch] = np.linalg.eigvalsh(cov)[:, ::-1][:, :m]
-    return out
+    return _neighbourhood_eigvals(z, neighbours, batch, gram=False)
 
 
 def local_pca_gram(z, neighbours, batch=4096):
     """Baseline: eigenvalues of the (k x k) Gram matrices of the centred neighbourhoods (they equal the nonzero
     eigenvalues of the (D x D) covariances), ``np.linalg.eigvalsh`` on batches of them at once."""
-    n, k = neighbours.shape
-    m = min(k, z.shape[1])
-    out = np.empty((n, m), dtype=np.float64)
-    for s in range(0, n, batch):
-        x = z[neighbours[s:s + batch]].astype(np.float64)  # (b, k, D)
-        xc = x - x.mean(axis=1, keepdims=True)
-        gram = np.matmul(xc, xc.transpose(0, 2, 1)) / (k - 1)  # (b, k, k)
-        out[s:s + batch] = np.clip(np.linalg.eigvalsh(gram)[:, ::-1][:, :m], 0, None)
-    return out
+    return _neighbourhood_eigvals(z, neighbours, batch, gram=True)
 
 
 # --- local_dim_summary(eigvals) -> (n90 int32 (M,), pr float32 (M,), lin float32 (M,))
