@@ -6,8 +6,13 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+
+# Before numpy loads: OpenBLAS's threads otherwise spin ~0.1 s after every call, and the numba kernels that
+# follow an sgemm (the kNN self-join's merge) run at half speed beside them. See kernels/selfjoin.py.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 # light modules only (dataclasses, the stage table): `zspace --help` never imports torch
 from engine.analysis.config import StatsConfig, StructureConfig, TSNEConfig

@@ -18,6 +18,7 @@ of it is (at distance 0).
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -31,13 +32,13 @@ COL_TILE = 8192
 SPAN = 64  # distances counted against the threshold before any is looked at one by one
 
 
-@numba.njit(inline="always")
+@numba.njit(inline="always", cache=True)
 def _worse(d, j, hd, hi, r):
     """True when candidate (d, j) is smaller than the root (the largest kept) of row r's heap."""
     return d < hd[r, 0] or (d == hd[r, 0] and j < hi[r, 0])
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _replace_root(hd, hi, r, d, j):
     """Put (d, j) in place of the root of row r's max-heap (ordered by (d, index)) and sift it down."""
     k = hd.shape[1]
@@ -58,28 +59,16 @@ def _replace_root(hd, hi, r, d, j):
     hi[r, p] = j
 
 
-@numba.njit
-def _merge_tile(g, ni, nj, i0, j0, hd, hi, nslabs):
-    """Offer the squared distances of tile g (rows i0.., columns j0..) to both ends of each pair.
+# The merge kernels are serial, cached and release the GIL; a thread pool runs one task per share of the
+# rows or columns (numba's cache of parallel=True functions is unreliable, and compiling these took ~7 s
+# in every process).
 
-    Only pairs with column > row are offered (the tile may straddle the diagonal), so every
-    unordered pair of the walk is seen once, and a point never meets itself.
-
-    Nearly every distance is larger than the k-th kept one, so each run of SPAN distances is first
-    counted against the threshold(s) without branches (a loop LLVM vectorises; plain IEEE arithmetic,
-    so the count sees exactly the values the heap update sees), and only runs with a hit take the
-    scalar path.
-    """
-    _merge_rows(g, ni, nj, i0, j0, hd, hi)
-    _merge_cols(g, ni, nj, i0, j0, hd, hi, nslabs)
-
-
-@numba.njit(parallel=True)
-def _merge_rows(g, ni, nj, i0, j0, hd, hi):
-    """Row i of the tile updates heap i0 + i, one row per task."""
-    bi, bj = g.shape
+@numba.njit(nogil=True, cache=True)
+def _merge_rows(g, ni, nj, i0, j0, hd, hi, r0, r1):
+    """Rows r0..r1 of the tile update heaps i0 + r0 .. i0 + r1."""
+    bj = g.shape[1]
     two = np.float32(2.0)
-    for i in numba.prange(bi):
+    for i in range(r0, r1):
         r = i0 + i
         thr = hd[r, 0]
         for c0 in range(max(0, r + 1 - j0), bj, SPAN):
@@ -96,41 +85,67 @@ def _merge_rows(g, ni, nj, i0, j0, hd, hi):
                     thr = hd[r, 0]
 
 
-@numba.njit(parallel=True)
-def _merge_cols(g, ni, nj, i0, j0, hd, hi, nslabs):
-    """Column j of the tile updates heap j0 + j. Each task owns a slab of columns and sweeps the rows in
-    memory order (streaming reads), the slab's thresholds in a local array that stays in cache."""
-    bi, bj = g.shape
+@numba.njit(nogil=True, cache=True)
+def _merge_cols_collect(g, ni, nj, i0, j0, hd, hi, c0, c1, thr_rows, bi_, bj_, bd_, per_row):
+    """Columns c0..c1 of the tile update heaps j0 + c0 .. j0 + c1; distances at most ``thr_rows[i]`` are
+    collected for row i into this slab's buffers (bi_, bj_, bd_: one row of the (slabs, cap) arrays).
+
+    Sweeps the rows in memory order (streaming reads), the slab's thresholds in a local array that stays in
+    cache. Returns the number collected, or -1 when the buffer overflowed (its row candidates are then
+    incomplete and must not be applied).
+    """
+    bi = g.shape[0]
     two = np.float32(2.0)
-    per = (bj + nslabs - 1) // nslabs
-    for t in numba.prange(nslabs):
-        c0 = t * per
-        c1 = min(c0 + per, bj)
-        if c0 >= c1:
-            continue
-        thr = np.empty(c1 - c0, np.float32)
-        for j in range(c0, c1):
-            thr[j - c0] = hd[j0 + j, 0]
-        for i in range(bi):
-            for s0 in range(c0, c1, SPAN):
-                s1 = min(s0 + SPAN, c1)
-                hits = 0
-                for j in range(s0, s1):
-                    hits += ni[i] + nj[j] - two * g[i, j] <= thr[j - c0]
-                if hits == 0:
-                    continue
-                for j in range(max(s0, i0 + i + 1 - j0), s1):
-                    d = ni[i] + nj[j] - two * g[i, j]
-                    if d <= thr[j - c0] and _worse(d, i0 + i, hd, hi, j0 + j):
-                        _replace_root(hd, hi, j0 + j, d, i0 + i)
-                        thr[j - c0] = hd[j0 + j, 0]
+    cap = bi_.shape[0]
+    per_row[:] = 0
+    thr = np.empty(c1 - c0, np.float32)
+    for j in range(c0, c1):
+        thr[j - c0] = hd[j0 + j, 0]
+    m, full = 0, False
+    for i in range(bi):
+        tr = thr_rows[i]
+        for s0 in range(c0, c1, SPAN):
+            s1 = min(s0 + SPAN, c1)
+            hits = 0
+            for j in range(s0, s1):
+                hits += ni[i] + nj[j] - two * g[i, j] <= max(thr[j - c0], tr)
+            if hits == 0:
+                continue
+            for j in range(max(s0, i0 + i + 1 - j0), s1):
+                d = ni[i] + nj[j] - two * g[i, j]
+                if d <= thr[j - c0] and _worse(d, i0 + i, hd, hi, j0 + j):
+                    _replace_root(hd, hi, j0 + j, d, i0 + i)
+                    thr[j - c0] = hd[j0 + j, 0]
+                if d <= tr and not full:
+                    if m == cap:
+                        full = True
+                    else:
+                        bi_[m] = i
+                        bj_[m] = j
+                        bd_[m] = d
+                        per_row[i] += 1
+                        m += 1
+    return -1 if full else m
 
 
-@numba.njit(parallel=True)
-def _finish(hd, hi, dist, idx):
-    """Sort each heap by (d, index) ascending; distances as sqrt(max(d, 0))."""
-    n, k = hd.shape
-    for r in numba.prange(n):
+@numba.njit(nogil=True, cache=True)
+def _apply_rows(i0, j0, hd, hi, bj_, bd_, start, r0, r1):
+    """Offer the collected candidates of rows r0..r1 to their heaps; ``start[t, i]``: where row i's candidates
+    begin in slab t's buffer (each slab's buffer is in row order)."""
+    for i in range(r0, r1):
+        r = i0 + i
+        for t in range(start.shape[0]):
+            for m in range(start[t, i], start[t, i + 1]):
+                d, j = bd_[t, m], j0 + bj_[t, m]
+                if _worse(d, j, hd, hi, r):
+                    _replace_root(hd, hi, r, d, j)
+
+
+@numba.njit(nogil=True, cache=True)
+def _finish(hd, hi, dist, idx, r0, r1):
+    """Sort heaps r0..r1 by (d, index) ascending; distances as sqrt(max(d, 0))."""
+    k = hd.shape[1]
+    for r in range(r0, r1):
         for a in range(1, k):  # insertion sort: k is small
             d, j = hd[r, a], hi[r, a]
             b = a
@@ -143,6 +158,53 @@ def _finish(hd, hi, dist, idx):
         for a in range(k):
             dist[r, a] = np.sqrt(max(hd[r, a], np.float32(0.0)))
             idx[r, a] = hi[r, a]
+
+
+def _shares(n: int, parts: int) -> list[tuple[int, int]]:
+    step = -(-n // parts)
+    return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def _on_pool(pool: ThreadPoolExecutor, fn, ranges, *args) -> list:
+    """``fn(*args, lo, hi)`` for every (lo, hi) in ``ranges``, on the pool; their results in order."""
+    return [f.result() for f in [pool.submit(fn, *args, lo, hi) for lo, hi in ranges]]
+
+
+class _Merger:
+    """Merges tiles into the heaps: column slabs on the pool, then the collected row candidates by rows."""
+
+    def __init__(self, pool: ThreadPoolExecutor, threads: int, row_tile: int, col_tile: int):
+        self.pool, self.threads = pool, threads
+        self.nslabs = 4 * threads  # a few column slabs per thread, for balance
+        cap = max(4096, row_tile * col_tile // (8 * self.nslabs))
+        self.bi = np.empty((self.nslabs, cap), np.int32)
+        self.bj = np.empty((self.nslabs, cap), np.int32)
+        self.bd = np.empty((self.nslabs, cap), np.float32)
+        self.per_row = np.zeros((self.nslabs, row_tile), np.int32)
+
+    def merge(self, g, ni, nj, i0, j0, hd, hi) -> None:
+        """Offer the squared distances of tile g (rows i0.., columns j0..) to both ends of each pair.
+
+        Only pairs with column > row are offered (the tile may straddle the diagonal), so every unordered
+        pair of the walk is seen once, and a point never meets itself. The tile (64 MB) is read from memory
+        once: column slabs update their columns' heaps as they sweep the rows and collect the few distances
+        that may enter a row's heap (at most the row's k-th distance when the tile began: thresholds only
+        fall, so the snapshot admits a superset); the rows then take them, in parallel over rows. Where a
+        collection overflows (the first tiles, while heaps fill), the rows are merged from the tile again.
+        """
+        bi, bj = g.shape
+        thr_rows = hd[i0 : i0 + bi, 0].copy()
+        slabs = _shares(bj, self.nslabs)
+        counts = [f.result() for f in [
+            self.pool.submit(_merge_cols_collect, g, ni, nj, i0, j0, hd, hi, c0, c1, thr_rows, self.bi[t], self.bj[t],
+                             self.bd[t], self.per_row[t, :bi]) for t, (c0, c1) in enumerate(slabs)]]
+        rows = _shares(bi, self.threads)
+        if min(counts) < 0:
+            _on_pool(self.pool, _merge_rows, rows, g, ni, nj, i0, j0, hd, hi)
+            return
+        start = np.zeros((len(slabs), bi + 1), np.int64)
+        np.cumsum(self.per_row[: len(slabs), :bi], axis=1, out=start[:, 1:])
+        _on_pool(self.pool, _apply_rows, rows, i0, j0, hd, hi, self.bj, self.bd, start)
 
 
 def tile_pairs(n: int, row_tile: int = ROW_TILE, col_tile: int = COL_TILE) -> list[tuple[int, int, int, int]]:
@@ -168,7 +230,11 @@ def knn_self_join(x: np.ndarray, k: int, row_tile: int = ROW_TILE, col_tile: int
     distances, ties broken by the lower index (see the module docstring).
     ``progress(pairs)`` is called after each tile with the number of pairs it held (N (N - 1) / 2 in all).
     Memory: the graph (12 bytes per neighbour) plus one float32 tile of
-    ``row_tile x col_tile`` (64 MB by default).
+    ``row_tile x col_tile`` (64 MB by default) and the row candidates' buffers (a third of that).
+
+    Speed: OpenBLAS's threads spin for ~0.1 s after each call by default, and the numba merge that follows
+    every sgemm then shares the cores with them (half speed, measured). The ``zspace`` command sets
+    ``OPENBLAS_THREAD_TIMEOUT=4`` before numpy loads; set it yourself when calling this from Python.
     """
     check_rows(x, "x", dtypes=(np.float32,))
     n = x.shape[0]
@@ -178,15 +244,17 @@ def knn_self_join(x: np.ndarray, k: int, row_tile: int = ROW_TILE, col_tile: int
     hd = np.full((n, k), np.inf, np.float32)
     hi = np.full((n, k), n, np.int64)  # the sentinel index n loses every tie
     tile = np.empty(row_tile * col_tile, np.float32)
-    slabs = 4 * numba.get_num_threads()  # column slabs of the merge: a few per thread, for balance
-    for i0, i1, j0, j1 in tile_pairs(n, row_tile, col_tile):
-        g = tile.reshape(-1)[: (i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0)  # C-contiguous
-        np.matmul(x[i0:i1], x[j0:j1].T, out=g)
-        _merge_tile(g, norms[i0:i1], norms[j0:j1], i0, j0, hd, hi, slabs)
-        if progress is not None:
-            r = np.arange(i0, i1)
-            progress(int(np.clip(j1 - np.maximum(j0, r + 1), 0, None).sum()))
+    threads = numba.get_num_threads()
     dist = np.empty((n, k), np.float32)
     idx = np.empty((n, k), np.int64)
-    _finish(hd, hi, dist, idx)
+    with ThreadPoolExecutor(threads) as pool:
+        merger = _Merger(pool, threads, row_tile, col_tile)
+        for i0, i1, j0, j1 in tile_pairs(n, row_tile, col_tile):
+            g = tile.reshape(-1)[: (i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0)  # C-contiguous
+            np.matmul(x[i0:i1], x[j0:j1].T, out=g)
+            merger.merge(g, norms[i0:i1], norms[j0:j1], i0, j0, hd, hi)
+            if progress is not None:
+                r = np.arange(i0, i1)
+                progress(int(np.clip(j1 - np.maximum(j0, r + 1), 0, None).sum()))
+        _on_pool(pool, _finish, _shares(n, threads), hd, hi, dist, idx)
     return dist, idx
