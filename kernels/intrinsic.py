@@ -7,7 +7,13 @@ take milliseconds, and numba would buy nothing.
 - TwoNN (Facco, d'Errico, Rodriguez & Laio 2017, Sci. Rep. 7:12140): with
   r1, r2 the distances to the first and second neighbour, mu = r2 / r1 is
   Pareto distributed, P(mu) = d mu^-(d+1) on [1, inf), whatever the density, as
-  long as it is locally constant on the scale of r2.
+  long as it is locally constant on the scale of r2. ``twonn_dimension`` is
+  the published estimator (the line through the origin of -log(1 - F(mu))
+  against log(mu), the largest 10% of mu discarded), as scikit-dimension's
+  ``TwoNN`` and DADApy's ``compute_id_2NN`` compute it; ``twonn_mle`` the plain
+  maximum-likelihood form n / sum log mu. They agree on clean data; near-
+  duplicates (tiny r1, huge mu) drag the MLE down and barely move the fit,
+  because the fit discards the largest ratios.
 - Levina & Bickel (2004) MLE from the k nearest distances, averaged over points
   as MacKay & Ghahramani (2005) recommend: the inverse of the mean of the
   per-point inverses (the per-point estimates themselves are heavy-tailed).
@@ -17,23 +23,31 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["twonn_dimension", "levina_bickel_dimension"]
+__all__ = ["twonn_dimension", "twonn_mle", "levina_bickel_dimension", "PUBLISHED_DISCARD"]
+
+PUBLISHED_DISCARD = 0.1  # share of the largest ratios mu the published TwoNN fit leaves out
 
 
-def twonn_dimension(r1: np.ndarray, r2: np.ndarray, discard_fraction: float = 0.0) -> float:
+def twonn_mle(r1: np.ndarray, r2: np.ndarray) -> float:
+    """The maximum-likelihood form of TwoNN, ``n / sum log(r2 / r1)`` (see :func:`twonn_dimension`)."""
+    return twonn_dimension(r1, r2, discard_fraction=0.0)
+
+
+def twonn_dimension(r1: np.ndarray, r2: np.ndarray, discard_fraction: float = PUBLISHED_DISCARD) -> float:
     """TwoNN intrinsic dimension from first- and second-neighbour distances.
 
     r1, r2: float (N,), distances to each point's nearest and second-nearest
     other point (r2 >= r1). Points with r1 == 0 (duplicates) are skipped.
 
-    ``discard_fraction = 0`` (default): the maximum-likelihood estimate
-    ``d = n / sum_i log(mu_i)``, mu = r2 / r1 over the n kept points.
-
-    ``discard_fraction = f > 0``: the paper's estimator. Sort mu ascending,
+    ``discard_fraction = f > 0`` (default 0.1): the paper's estimator. Sort mu ascending,
     take the empirical CDF F_i = i / n, drop the largest fraction f of mu (the
     tail, where the locally-constant-density assumption fails first) and fit
     ``-log(1 - F_i) = d log(mu_i)`` by least squares through the origin over
     the rest: ``d = sum x_i y_i / sum x_i^2``. Facco et al. use f = 0.1.
+    (scikit-dimension's ``TwoNN().fit`` computes the same, to rounding.)
+
+    ``discard_fraction = 0``: the maximum-likelihood estimate
+    ``d = n / sum_i log(mu_i)``, mu = r2 / r1 over the n kept points.
 
     Returns d as a float.
     """

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from kernels.intrinsic import levina_bickel_dimension, twonn_dimension
+from kernels.intrinsic import levina_bickel_dimension, twonn_dimension, twonn_mle
 from kernels.localdim import local_dim_summary, local_dim_summary_serial, local_pca, local_pca_serial
 from kernels.reference import COMPARISONS
 
@@ -164,8 +164,8 @@ def test_planted_cloud_global_dimension(planted):
     # Measured (seeds 0-3): TwoNN blob 9.65-9.92, curve 0.99-1.04;
     # Levina-Bickel k=16 blob 9.39-9.48 (the MLE is biased low at d=10 by the
     # density falling off across the 16-neighbour ball).
-    twonn_blob = twonn_dimension(d[b, 0], d[b, 1])
-    twonn_blob_paper = twonn_dimension(d[b, 0], d[b, 1], discard_fraction=0.1)
+    twonn_blob = twonn_mle(d[b, 0], d[b, 1])
+    twonn_blob_paper = twonn_dimension(d[b, 0], d[b, 1])
     twonn_curve = twonn_dimension(d[c, 0], d[c, 1])
     lb_blob, lb_per_point = levina_bickel_dimension(d[b], 16)
     lb_curve, _ = levina_bickel_dimension(d[c], 16)
@@ -185,10 +185,11 @@ def test_twonn_on_exact_pareto_and_duplicates():
     mu = (1 - rng.random(n)) ** (-1 / dim)
     r1 = rng.uniform(0.5, 2.0, n)
     r2 = r1 * mu
-    assert abs(twonn_dimension(r1, r2) - dim) < 0.05
-    assert abs(twonn_dimension(r1, r2, discard_fraction=0.1) - dim) < 0.1
+    assert abs(twonn_mle(r1, r2) - dim) < 0.05
+    assert abs(twonn_dimension(r1, r2) - dim) < 0.1
     # Duplicates (r1 == 0) are skipped, not turned into inf/NaN.
     r1d, r2d = np.append(r1, [0.0, 0.0]), np.append(r2, [0.0, 1.0])
+    assert twonn_mle(r1d, r2d) == twonn_mle(r1, r2)
     assert twonn_dimension(r1d, r2d) == twonn_dimension(r1, r2)
     with pytest.raises(ValueError, match="r2 must be >= r1"):
         twonn_dimension(r2, r1)
@@ -217,3 +218,38 @@ def test_levina_bickel_on_poisson_distances_and_duplicates():
         levina_bickel_dimension(t[:, ::-1], k)
     with pytest.raises(ValueError, match="k must be"):
         levina_bickel_dimension(t, k + 1)
+
+
+def _skdim_clouds():
+    """Planted clouds: a 10-D normal in 64-D, a 3-D curve-like set, and a 20-D normal 5% of whose points are
+    near-duplicates (a copy of another point plus noise 0.02), where the MLE form of TwoNN collapses."""
+    rng = np.random.default_rng(7)
+    blob = np.zeros((3000, 64))
+    blob[:, :10] = rng.standard_normal((3000, 10))
+    t = rng.uniform(0, 4 * np.pi, 3000)
+    curve = np.stack([np.cos(t), np.sin(t), t / 4], 1) + rng.normal(0, 0.01, (3000, 3)) @ np.eye(3)
+    base = rng.standard_normal((3800, 20))
+    near = base[rng.choice(3800, 200, replace=False)] + rng.normal(0, 0.02, (200, 20))
+    return {"blob10": blob, "curve": curve, "normal20_dups": np.concatenate([base, near])}
+
+
+def test_twonn_and_levina_bickel_equal_scikit_dimension():
+    # The field's reference implementations: zspace's estimators, fed the exact neighbour distances, must read
+    # what scikit-dimension reads from the raw points (1e-3 relative).
+    skdim = pytest.importorskip("skdim")
+    from sklearn.neighbors import NearestNeighbors
+
+    for name, x in _skdim_clouds().items():
+        dist, _ = NearestNeighbors(n_neighbors=17).fit(x).kneighbors(x)
+        dist = dist[:, 1:]  # the point itself excluded
+        ours = twonn_dimension(dist[:, 0], dist[:, 1])
+        theirs = skdim.id.TwoNN().fit(x).dimension_
+        assert ours == pytest.approx(theirs, rel=1e-3), (name, ours, theirs)
+        ours_lb, _ = levina_bickel_dimension(dist, 16)
+        theirs_lb = skdim.id.MLE().fit(x, n_neighbors=16).dimension_
+        assert ours_lb == pytest.approx(theirs_lb, rel=1e-3), (name, ours_lb, theirs_lb)
+        if name == "normal20_dups":
+            # near-duplicates: mu = r2 / r1 is huge for 2 x 200 points; the MLE's sum of log mu explodes, the
+            # published fit discards the largest 10% of mu and stays near the cloud's dimension
+            mle = twonn_mle(dist[:, 0], dist[:, 1])
+            assert mle < 5 and ours > 10, (mle, ours)

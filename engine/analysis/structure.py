@@ -35,7 +35,7 @@ from engine.files import write_json_atomic
 from engine.latents.store import iter_blocks, latents_key, open_latents
 from engine.layout import latents_path, stage_dir
 from engine.stores import WRITE_ALL
-from kernels.intrinsic import levina_bickel_dimension, twonn_dimension
+from kernels.intrinsic import levina_bickel_dimension, twonn_dimension, twonn_mle
 from kernels.localdim import local_dim_summary, local_pca
 
 logger = logging.getLogger(__name__)
@@ -101,10 +101,11 @@ def _cloud_statistics(x: np.ndarray, cfg: StructureConfig, rng, progress: bool, 
     lin = np.empty(len(x), np.float32)
     local_dim_summary(eig, n90, pr, lin)
     ldim = corrected_dimension(pr, cfg.k + 1, x.shape[1])
-    twonn = twonn_dimension(dist[:, 0].astype(np.float64), dist[:, 1].astype(np.float64))
+    r1, r2 = dist[:, 0].astype(np.float64), dist[:, 1].astype(np.float64)
     lb, lb_points = levina_bickel_dimension(dist.astype(np.float64), cfg.k)
     return {"dist": dist, "idx": idx, "graph_dist": graph_dist, "graph_idx": graph_idx, "recall": recall,
-            "n90": n90, "pr": pr, "lin": lin, "ldim": ldim, "twonn": twonn, "levina_bickel": lb,
+            "n90": n90, "pr": pr, "lin": lin, "ldim": ldim, "twonn": twonn_dimension(r1, r2),
+            "twonn_mle": twonn_mle(r1, r2), "levina_bickel": lb,
             "lb_points": lb_points, "points": x, "seconds_knn": t_knn, "seconds": time.perf_counter() - t0}
 
 
@@ -160,7 +161,8 @@ def _verdicts(data_s: dict, null_s: dict, void: dict, cfg: StructureConfig, rng)
     lb_se = {k: _bootstrap_se(s["lb_points"][np.isfinite(s["lb_points"])], lambda v: 1 / np.mean(1 / v), rng, b)
              for k, s in (("data", data_s), ("null", null_s))}
     mu = {"data": _twonn_ratios(data_s), "null": _twonn_ratios(null_s)}
-    twonn_se = {k: _bootstrap_se(v, lambda m_: len(m_) / np.sum(np.log(m_)), rng, b) for k, v in mu.items()}
+    twonn_se = {k: _bootstrap_se(v, lambda m_: twonn_dimension(np.ones(len(m_)), m_), rng, b) for k, v in mu.items()}
+    mle_se = {k: _bootstrap_se(v, lambda m_: len(m_) / np.sum(np.log(m_)), rng, b) for k, v in mu.items()}
     return {
         "local_dimension": per_point("local dimension, bias-corrected participation ratio (median)", "ldim"),
         "local_participation_ratio": per_point("local participation ratio (median)", "pr"),
@@ -169,8 +171,10 @@ def _verdicts(data_s: dict, null_s: dict, void: dict, cfg: StructureConfig, rng)
         "local_linearity": per_point("local linearity (median)", "lin"),
         "knn_distance_1": per_point("1st-neighbour distance (median)", "dist", lambda a: a[:, 0]),
         "knn_distance_k": per_point(f"{cfg.k}th-neighbour distance (median)", "dist", lambda a: a[:, -1]),
-        "twonn_dimension": verdict("TwoNN intrinsic dimension", data_s["twonn"], null_s["twonn"],
-                                   twonn_se["data"], twonn_se["null"]),
+        "twonn_dimension": verdict("TwoNN intrinsic dimension (Facco et al.'s fit, largest 10% of ratios left out)",
+                                   data_s["twonn"], null_s["twonn"], twonn_se["data"], twonn_se["null"]),
+        "twonn_mle_dimension": verdict("TwoNN, maximum-likelihood form (n / sum log mu)", data_s["twonn_mle"],
+                                       null_s["twonn_mle"], mle_se["data"], mle_se["null"]),
         "levina_bickel_dimension": verdict("Levina-Bickel intrinsic dimension", data_s["levina_bickel"],
                                            null_s["levina_bickel"], lb_se["data"], lb_se["null"]),
         "void_ratio": verdict("void ratio (probe-to-cloud / within-cloud NN distance, medians)",
