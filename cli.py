@@ -15,16 +15,16 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 # light modules only (dataclasses, the stage table): `zspace --help` never imports torch
-from engine.analysis.config import StatsConfig, StructureConfig, TSNEConfig
+from engine.analysis.config import TSNE_AFFINITIES, StatsConfig, StructureConfig, TSNEConfig
 from engine.data.config import PrepareConfig
 from engine.files import run_lock
-from engine.generation.config import SAMPLERS, CompareConfig, GenerateConfig, PathsConfig
+from engine.generation.config import SAMPLERS, CompareConfig, FacemapConfig, GenerateConfig, PathsConfig
 from engine.model.config import LOSSES, EncodeConfig, ModelConfig, TrainConfig
 from engine.stages import STAGE_NAMES, STAGES
 
 # verbs that write RUN: one process at a time per run directory
 WRITERS = {"prepare", "train", "encode", "import-latents", "stats", "structure", "tsne", "generate", "paths",
-           "compare", "report", "run"}
+           "compare", "facemap", "report", "run"}
 
 
 def _positive_int(text: str) -> int:
@@ -85,7 +85,7 @@ def cmd_run(args) -> None:
 
     res = run(args.run, source=args.source, quick=args.quick, device=args.device, progress=not args.quiet,
               until=args.until, epochs=args.epochs, size=args.size, z_dim=args.z_dim, batch_size=args.batch_size,
-              k=args.k, tsne_n=args.tsne_n, compare_n=args.compare_n, seed=args.seed)
+              k=args.k, tsne_n=args.tsne_n, compare_n=args.compare_n, facemap_n=args.facemap_n, seed=args.seed)
     print(f"\nzspace run --run {args.run}")
     for stage, secs in res["seconds"].items():
         print(f"  {stage:<10} {secs if isinstance(secs, str) else f'{secs:8.1f} s'}")
@@ -167,9 +167,10 @@ def cmd_tsne(args) -> dict:
     from engine.analysis.tsne import compute_tsne
 
     cfg = TSNEConfig(n=args.n, pca=args.pca, perplexity=args.perplexity, early_exaggeration=args.early_exaggeration,
-                     n_iter=args.n_iter, seed=args.seed, null=not args.no_null)
+                     n_iter=args.n_iter, seed=args.seed, null=not args.no_null, affinity=args.affinity,
+                     uniform_k=args.uniform_k)
     res = compute_tsne(args.run, cfg, progress=not args.quiet)
-    return {k: res[k] for k in ("n", "seconds", "kl_divergence") if k in res} | {
+    return {k: res[k] for k in ("n", "seconds", "kl_divergence", "neighbours_kept_15") if k in res} | {
         "embedding": str(Path(args.run) / "tsne" / "embedding.npz"), "figure": str(Path(args.run) / "tsne" / "tsne.png")}
 
 
@@ -199,6 +200,18 @@ def cmd_compare(args) -> dict:
                                                  "sharpness_ratio")} for k, v in res["samplers"].items()},
             "paths": {k: v["along"] for k, v in res["paths"].items()}, "seconds": res["seconds"],
             "json": str(out / "compare.json"), "table": str(out / "compare.md"), "figure": str(out / "compare.png")}
+
+
+def cmd_facemap(args) -> dict:
+    from engine.generation.facemap import facemap
+
+    res = facemap(args.run, n=args.n, seed=args.seed, device=args.device, progress=not args.quiet)
+    v = res["verdict"]
+    print(v["sentence"], file=sys.stderr)
+    out = Path(args.run) / "facemap"
+    return {"explains": v["explains"], "voids_matter": v["voids_matter"], "region_matters": v["region_matters"],
+            "region_ends": v["region_ends"], "probes": res["n_probes"], "seconds": res["seconds"],
+            "json": str(out / "facemap.json"), "figures": {k: str(out / f) for k, f in res["figures"].items()}}
 
 
 def cmd_judge(args) -> dict:
@@ -272,6 +285,11 @@ def _analysis_verbs(verb) -> None:
     sp.add_argument("--pca", type=_positive_int, default=None, help="project onto the first K principal components first")
     sp.add_argument("--perplexity", type=float, default=TSNEConfig.perplexity,
                     help=f"default {TSNEConfig.perplexity:g} (the study used 10 at 20,000 points)")
+    sp.add_argument("--affinity", choices=TSNE_AFFINITIES, default=TSNEConfig.affinity,
+                    help="perplexity-calibrated Gaussians (default) or uniform weights on --uniform-k neighbours "
+                         "(a sparser P: faster, another map)")
+    sp.add_argument("--uniform-k", type=_positive_int, default=TSNEConfig.uniform_k,
+                    help=f"neighbours per point of --affinity uniform (default {TSNEConfig.uniform_k})")
     sp.add_argument("--early-exaggeration", type=float, default=TSNEConfig.early_exaggeration,
                     help=f"default {TSNEConfig.early_exaggeration:g} (the study used 16)")
     sp.add_argument("--n-iter", type=_positive_int, default=TSNEConfig.n_iter,
@@ -306,6 +324,12 @@ def _generation_verbs(verb, sub) -> None:
     sp.add_argument("--seed", type=int, default=CompareConfig.seed)
     sp.add_argument("--device", default=CompareConfig.device)
 
+    sp = verb("facemap", cmd_facemap, STAGES["facemap"].summary)
+    sp.add_argument("--n", type=_positive_int, default=FacemapConfig.n,
+                    help=f"z-points per probe family (default {FacemapConfig.n:,}); six families are decoded")
+    sp.add_argument("--seed", type=int, default=FacemapConfig.seed)
+    sp.add_argument("--device", default=FacemapConfig.device)
+
     sp = sub.add_parser("judge", help="face rate (OpenCV Haar cascade) and sharpness of a folder of images or an .npy/.npz",
                         description="face rate (OpenCV Haar cascade, fixed settings) with a 95% Wilson interval, and sharpness")
     sp.add_argument("images", metavar="IMAGES", help="folder of PNG/JPEG images, an image, or an .npy/.npz array (N,S,S,3)")
@@ -315,7 +339,7 @@ def _generation_verbs(verb, sub) -> None:
 
 
 def _run_verbs(verb, sub) -> None:
-    sp = verb("run", cmd_run, "the main job: prepare, train, encode, stats, structure, tsne, compare, report; "
+    sp = verb("run", cmd_run, "the main job: prepare, train, encode, stats, structure, tsne, compare, facemap, report; "
                               "finished stages are skipped, changed ones rerun")
     sp.add_argument("source", metavar="SOURCE", nargs="?", default=None,
                     help="as for prepare (default: the built-in synthetic:10000, or synthetic:3000 with --quick)")
@@ -328,6 +352,8 @@ def _run_verbs(verb, sub) -> None:
     sp.add_argument("--k", type=_positive_int, default=None, help="neighbours per point in structure (default 16)")
     sp.add_argument("--tsne-n", type=_positive_int, default=None, help="points in the t-SNE map (study 20,000, quick 3,000)")
     sp.add_argument("--compare-n", type=_positive_int, default=None, help="z-points per sampler (study 1,000, quick 300)")
+    sp.add_argument("--facemap-n", type=_positive_int, default=None,
+                    help="z-points per face-map probe family (study 4,000, quick 400)")
     sp.add_argument("--seed", type=int, default=None, help="seed of every stage (default 0)")
     sp.add_argument("--device", default=TrainConfig.device)
 

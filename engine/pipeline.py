@@ -1,6 +1,6 @@
 """``zspace run``: every stage in order, each skipped when it finished with the same inputs.
 
-Stages: prepare -> train -> encode -> stats -> structure -> tsne -> compare -> report.
+Stages: prepare -> train -> encode -> stats -> structure -> tsne -> compare -> facemap -> report.
 
 Each stage has a key: the hash of its own options and the key of the stage before
 it, so a changed option changes that stage's key and every later one. After a
@@ -28,7 +28,8 @@ from engine.analysis.tsne import compute_tsne
 from engine.data.imagecache import open_cache, prepare
 from engine.files import write_json_atomic
 from engine.generation.compare import compare
-from engine.generation.config import CompareConfig
+from engine.generation.config import CompareConfig, FacemapConfig
+from engine.generation.facemap import facemap
 from engine.latents.store import open_latents
 from engine.layout import cache_path, checkpoints_dir, latents_path
 from engine.model.checkpoint import CheckpointError, nonfinite_weights, read_checkpoint
@@ -57,13 +58,14 @@ class Profile:
     k: int = StructureConfig.k
     tsne_n: int = TSNEConfig.n
     compare_n: int = CompareConfig.n
+    facemap_n: int = FacemapConfig.n
     seed: int = 0
 
 
 PROFILES = {
     "study": Profile(),
     # every stage and every figure, a few minutes on a 2-core CPU
-    "quick": Profile(source="synthetic:3000", epochs=4, tsne_n=3000, compare_n=300),
+    "quick": Profile(source="synthetic:3000", epochs=4, tsne_n=3000, compare_n=300, facemap_n=400),
 }
 
 # where a finished stage leaves its main output (a stage whose output is gone runs again)
@@ -89,6 +91,7 @@ def stage_options(p: Profile) -> dict[str, dict]:
         "structure": {"k": p.k, "seed": p.seed},
         "tsne": {"n": p.tsne_n, "seed": p.seed},
         "compare": {"n": p.compare_n, "seed": p.seed},
+        "facemap": {"n": p.facemap_n, "seed": p.seed},
         "report": {},
     }
 
@@ -134,6 +137,8 @@ def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, prog
         return compute_tsne(run, TSNEConfig(n=p.tsne_n, seed=p.seed), progress=progress)
     if name == "compare":
         return compare(run, n=p.compare_n, seed=p.seed, device=device, progress=progress)
+    if name == "facemap":
+        return facemap(run, n=p.facemap_n, seed=p.seed, device=device, progress=progress)
     if name == "report":
         return write_report(run)
     raise ValueError(f"unknown stage {name!r}; stages: {STAGE_NAMES}")
@@ -157,7 +162,7 @@ def run(
     """Run every stage (up to ``until``) into ``run_dir``; returns timings and where the report is.
 
     ``overrides``: any :class:`Profile` field (epochs, size, z_dim, batch_size, k,
-    tsne_n, compare_n, seed); None keeps the profile's value.
+    tsne_n, compare_n, facemap_n, seed); None keeps the profile's value.
     """
     if until is not None and until not in STAGES:
         raise ValueError(f"until must be one of {STAGES}, got {until!r}")

@@ -62,6 +62,9 @@ TABLE: tuple[Stage, ...] = (
     Stage("compare", "engine.generation.compare:compare", "engine.generation.config:CompareConfig",
           ("latents.zarr", "checkpoints/best.pt"), "generate/compare.json",
           "every sampler and path family decoded and judged -> RUN/generate/compare.json, .md, .png"),
+    Stage("facemap", "engine.generation.facemap:facemap", "engine.generation.config:FacemapConfig",
+          ("latents.zarr", "checkpoints/best.pt"), "facemap/facemap.json",
+          "face rate against radius and void depth: region or voids? -> RUN/facemap/"),
     Stage("report", "engine.report.page:write_report", None, (), "report/index.html",
           "one static page of every figure and number -> RUN/report/index.html, report.md"),
 )

@@ -64,7 +64,7 @@ def trained_run(tmp_path_factory) -> Path:
     return run
 
 
-TINY = dict(source="synthetic:240", size=32, z_dim=16, epochs=1, batch_size=32, k=8, tsne_n=200, compare_n=40)
+TINY = dict(source="synthetic:240", size=32, z_dim=16, epochs=1, batch_size=32, k=8, tsne_n=200, compare_n=40, facemap_n=40)
 
 
 @pytest.fixture(scope="session")

@@ -13,14 +13,15 @@ from tests.conftest import TINY
 def _argv(run_dir) -> list[str]:
     return ["run", TINY["source"], "--run", str(run_dir), "--quick", "--device", "cpu", "--size", str(TINY["size"]),
             "--z-dim", str(TINY["z_dim"]), "--epochs", str(TINY["epochs"]), "--batch-size", str(TINY["batch_size"]),
-            "--k", str(TINY["k"]), "--tsne-n", str(TINY["tsne_n"]), "--compare-n", str(TINY["compare_n"])]
+            "--k", str(TINY["k"]), "--tsne-n", str(TINY["tsne_n"]), "--compare-n", str(TINY["compare_n"]),
+            "--facemap-n", str(TINY["facemap_n"])]
 
 
 @pytest.mark.slow  # needs finished_run: every stage once
 def test_run_again_skips_every_stage_and_says_where_the_report_is(finished_run, capsys):
     assert main(["-q", *_argv(finished_run)]) == 0
     out = capsys.readouterr().out
-    for stage in ("prepare", "train", "encode", "stats", "structure", "tsne", "compare", "report"):
+    for stage in ("prepare", "train", "encode", "stats", "structure", "tsne", "compare", "facemap", "report"):
         assert f"  {stage:<10} skipped" in out
     assert f"report: {finished_run / 'report' / 'index.html'}" in out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -59,6 +60,19 @@ def test_report_files_and_numbers(finished_run):
         assert f"<td>{name}</td><td>{m['face_rate']:.3f}</td>" in page, name
     structure = json.loads((finished_run / "structure" / "structure.json").read_text())
     assert page.count(">differs<") + page.count(">no difference<") == len(structure["statistics"])
+    # Findings open the page, before the first section, one answer per question with its numbers and a link
+    findings = page[page.index('id="findings"') : page.index('id="q1"')]
+    for q, anchor in (("What region?", "q2"), ("What shape?", "q3"), ("Fragmented or not?", "q4"),
+                      ("Which z-points are faces?", "q5")):
+        assert q in findings and f'href="#{anchor}"' in findings, q
+    assert f"{stats['radius']['peak']:.2f}" in findings
+    tw = structure["statistics"]["twonn_dimension"]
+    assert f"TwoNN {tw['data']:.1f} vs {tw['null']:.1f}" in findings
+    facemap = json.loads((finished_run / "facemap" / "facemap.json").read_text())
+    sentence = html.escape(facemap["verdict"]["sentence"])
+    assert sentence in findings and findings.index(sentence) < findings.index("Face rates per sampler")
+    assert "Region or voids?" in page and "What a void looks like" in page
+    assert "thin slab" not in page and "Projections of all points onto the plane" in page
 
 
 @pytest.mark.slow  # needs finished_run: every stage once
@@ -116,8 +130,9 @@ def test_report_opens_in_headless_chromium_with_every_image_loaded(finished_run,
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
         assert driver.title.startswith("zspace report")
-        sections = driver.find_elements("css selector", "section h2")
-        assert len(sections) == 5
+        sections = [h.text for h in driver.find_elements("css selector", "section h2")]
+        assert len(sections) == 6 and sections[0] == "Findings"  # the Findings, then the five questions
+        assert len(driver.find_elements("css selector", "#findings li")) == 4
         # captions carry numbers: each figure's caption has at least one digit
         captions = [c.text for c in driver.find_elements("css selector", "figcaption")]
         assert len(captions) == len(images) and all(re.search(r"\d", c) for c in captions)

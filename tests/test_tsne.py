@@ -210,3 +210,34 @@ def test_structure_graph_is_reused_and_equals_openTSNE_with_the_same_neighbours(
     # too few neighbours for the perplexity: computed afresh
     again = compute_tsne(run, TSNEConfig(**{**FAST, "perplexity": 25}, null=False), progress=False)
     assert again["neighbours"]["data"].startswith("exact, computed") and again["neighbours"]["k"] == 75
+
+
+def test_uniform_affinity_equals_openTSNE_uniform_on_the_same_neighbours(tmp_path):
+    """The faster setting: uniform weights on k neighbours. The map is openTSNE's ``TSNE.fit`` with ``Uniform``
+    affinities on the same exact neighbours, keeps the planted clusters apart, and place_points uses it too."""
+    import openTSNE
+    from openTSNE.affinity import Uniform
+    from openTSNE.nearest_neighbors import PrecomputedNeighbors
+
+    from engine.analysis.knn import knn_graph
+
+    run, labels = _planted_run(tmp_path)
+    cfg = TSNEConfig(**FAST, null=False, affinity="uniform", uniform_k=10)
+    result = compute_tsne(run, cfg, progress=False)
+    assert result["neighbours"]["k"] == 10 and result["config"]["affinity"] == "uniform"
+    x = zarr.open_group(latents_path(run), mode="r")["z"][:]
+    dist, idx = knn_graph(x, 10)
+    ref = openTSNE.TSNE(perplexity=cfg.perplexity, early_exaggeration=cfg.early_exaggeration, n_iter=cfg.n_iter - 250,
+                        random_state=cfg.seed, n_jobs=1).fit(
+        x, affinities=Uniform(knn_index=PrecomputedNeighbors(idx, dist), k_neighbors=10, n_jobs=1, random_state=cfg.seed))
+    with np.load(run / "tsne" / "embedding.npz") as f:
+        emb = f["embedding"]
+    np.testing.assert_array_equal(emb, np.asarray(ref, np.float32))
+    assert _knn_accuracy(emb, labels) > 0.98
+    placed = place_points(run, _draw(np.random.default_rng(5), 1, 20))
+    nearest = ((placed[:, None, :] - emb[None, :, :]) ** 2).sum(-1).argmin(axis=1)
+    assert (labels[nearest] == 1).mean() > 0.9
+    with pytest.raises(ValueError, match="uniform_k"):
+        TSNEConfig(affinity="uniform", uniform_k=0)
+    with pytest.raises(ValueError, match="affinity"):
+        TSNEConfig(affinity="gaussian")

@@ -62,6 +62,9 @@ class StructureConfig:
 EARLY_EXAGGERATION_ITER = 250  # openTSNE's default length of the early-exaggeration phase
 
 
+TSNE_AFFINITIES = ("perplexity", "uniform")
+
+
 @dataclass
 class TSNEConfig:
     n: int = 20000  # points embedded (random rows, seeded); all when n >= N. The study used 20,000
@@ -72,8 +75,17 @@ class TSNEConfig:
     seed: int = 0  # row choice, null-model draw, kNN index and initialisation
     null: bool = True  # embed as many fitted-normal points beside the data, same settings
     n_jobs: int = -1  # threads, scikit-learn convention (-1: all cores)
+    # "perplexity": Gaussians calibrated to the perplexity on its 3 x perplexity neighbours (openTSNE's default);
+    # "uniform": equal weights on each point's uniform_k nearest neighbours (openTSNE Uniform): a sparser P, a
+    # faster optimisation, another map (compare both: zspace bench --scaling)
+    affinity: str = "perplexity"
+    uniform_k: int = 15
 
     def __post_init__(self):
+        if self.affinity not in TSNE_AFFINITIES:
+            raise ValueError(f"affinity must be one of {TSNE_AFFINITIES}, got {self.affinity!r}")
+        if isinstance(self.uniform_k, bool) or not isinstance(self.uniform_k, (int, np.integer)) or self.uniform_k < 1:
+            raise ValueError(f"uniform_k must be an integer >= 1 (neighbours per point), got {self.uniform_k!r}")
         if isinstance(self.n, bool) or not isinstance(self.n, (int, np.integer)) or self.n < 10:
             raise ValueError(f"n must be an integer >= 10 (points embedded), got {self.n!r}")
         if self.pca is not None and (isinstance(self.pca, bool) or not isinstance(self.pca, (int, np.integer))

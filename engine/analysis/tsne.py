@@ -41,7 +41,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 CALLBACK_EVERY = 50  # iterations between progress updates (each also evaluates the KL divergence)
 # settings that define an embedding: place_points refuses a config that differs in these
-EMBEDDING_KEYS = ("n", "pca", "perplexity", "early_exaggeration", "n_iter", "seed")
+EMBEDDING_KEYS = ("n", "pca", "perplexity", "early_exaggeration", "n_iter", "seed", "affinity", "uniform_k")
 
 
 def tsne_dir(run_dir: str | os.PathLike) -> Path:
@@ -74,6 +74,10 @@ def _threads(n_jobs: int) -> int:
 
 
 def _check_perplexity(cfg: TSNEConfig, n: int) -> None:
+    if cfg.affinity == "uniform":
+        if cfg.uniform_k > n - 1:
+            raise ValueError(f"uniform_k {cfg.uniform_k} is too large for {n} points: need uniform_k <= n - 1")
+        return
     # openTSNE silently lowers a perplexity above (n - 1) / 3; refuse instead, so the saved settings are the used ones
     if 3 * cfg.perplexity > n - 1:
         raise ValueError(f"perplexity {cfg.perplexity:g} is too large for {n} points: need 3 * perplexity <= n - 1, "
@@ -122,8 +126,19 @@ class _Progress:
 
 
 def neighbours_needed(cfg: TSNEConfig, n: int) -> int:
-    """Neighbours per point the affinities use: openTSNE's ``min(n - 1, int(3 * perplexity))``."""
-    return min(n - 1, int(3 * cfg.perplexity))
+    """Neighbours per point the affinities use: openTSNE's ``min(n - 1, int(3 * perplexity))``, or ``uniform_k``."""
+    return min(n - 1, int(3 * cfg.perplexity) if cfg.affinity == "perplexity" else cfg.uniform_k)
+
+
+def affinities_of(cfg: TSNEConfig, x: np.ndarray | None = None, graph=None):
+    """openTSNE affinities of ``cfg`` from the precomputed kNN ``graph`` = (dist, idx), or searched in ``x``."""
+    from openTSNE.affinity import PerplexityBasedNN, Uniform
+    from openTSNE.nearest_neighbors import PrecomputedNeighbors
+
+    given = {} if graph is None else {"knn_index": PrecomputedNeighbors(graph[1], graph[0])}
+    if cfg.affinity == "uniform":
+        return Uniform(x, k_neighbors=cfg.uniform_k, n_jobs=cfg.n_jobs, random_state=cfg.seed, **given)
+    return PerplexityBasedNN(x, perplexity=cfg.perplexity, n_jobs=cfg.n_jobs, random_state=cfg.seed, **given)
 
 
 def saved_graph(group, n_all: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -157,20 +172,15 @@ def _graph(x: np.ndarray, cfg: TSNEConfig, progress: bool, label: str, saved=Non
 def _embed(x: np.ndarray, cfg: TSNEConfig, progress: bool, label: str, graph):
     """openTSNE embedding of x (n, K) float32 -> (TSNEEmbedding (n, 2) float64, seconds dict).
 
-    Affinities come from the exact kNN graph ``graph`` = (dist, idx), each (n, 3 x perplexity); the rest is
+    Affinities come from the exact kNN graph ``graph`` = (dist, idx), each (n, neighbours_needed); the rest is
     openTSNE's ``TSNE.fit`` with the same settings, PCA initialisation from x included.
     """
     import openTSNE
-    from openTSNE.affinity import PerplexityBasedNN
-    from openTSNE.nearest_neighbors import PrecomputedNeighbors
 
     seconds = {}
     t0 = time.perf_counter()
-    dist, idx = graph
-    t1 = time.perf_counter()
-    affinities = PerplexityBasedNN(knn_index=PrecomputedNeighbors(idx, dist), perplexity=cfg.perplexity,
-                                   n_jobs=cfg.n_jobs, random_state=cfg.seed)
-    seconds["affinities"] = time.perf_counter() - t1
+    affinities = affinities_of(cfg, graph=graph)
+    seconds["affinities"] = time.perf_counter() - t0
     bar = _Progress(cfg.n_iter, f"t-SNE {label}", progress)
     t2 = time.perf_counter()
     try:
@@ -246,7 +256,9 @@ def tsne_figure(path: Path, embedding: np.ndarray, null_embedding: np.ndarray | 
     cb.ax.yaxis.set_minor_formatter(plain)
     s = info["config"]
     sep = "\n" if len(panels) == 1 else " "  # one panel is too narrow for the whole line
-    fig.suptitle(f"t-SNE (openTSNE, exact neighbours): perplexity {s['perplexity']:g},{sep}early exaggeration "
+    kernel = (f"perplexity {s['perplexity']:g}" if s.get("affinity", "perplexity") == "perplexity"
+              else f"uniform affinities on {s['uniform_k']} neighbours")
+    fig.suptitle(f"t-SNE (openTSNE, exact neighbours): {kernel},{sep}early exaggeration "
                  f"{s['early_exaggeration']:g} for {EARLY_EXAGGERATION_ITER} of {s['n_iter']} iterations, "
                  f"seed {s['seed']}", fontsize=11)
     fig.savefig(path)
@@ -323,7 +335,7 @@ def compute_tsne(run_dir: str | os.PathLike, config: TSNEConfig | None = None, p
         "neighbours": {"k": int(graphs["data"][1].shape[1]),
                        "data": "reused: the exact graph of zspace structure (latents.zarr knn_indices)" if saved
                        else "exact, computed (self-join kernel)"},
-        "kl_divergence": kl,
+        "kl_divergence": kl,  # against each map's own affinities (P differs between affinity kinds)
         "neighbours_kept_15": kept,
         "seconds": seconds,
     }
@@ -348,7 +360,6 @@ def place_points(run_dir: str | os.PathLike, z_new: np.ndarray, config: TSNEConf
     the saved run is refused; its ``n_jobs`` is used.
     """
     import openTSNE
-    from openTSNE.affinity import PerplexityBasedNN
 
     run = Path(run_dir)
     out_dir = tsne_dir(run)
@@ -388,7 +399,9 @@ def place_points(run_dir: str | os.PathLike, z_new: np.ndarray, config: TSNEConf
         x, q = _project(x, *proj), _project(q, *proj)
 
     t0 = time.perf_counter()
-    affinities = PerplexityBasedNN(x, perplexity=cfg.perplexity, random_state=cfg.seed, n_jobs=cfg.n_jobs)
+    # transform only uses the reference's kNN index (new points get perplexity-5 affinities to it), so a
+    # perplexity-based reference serves maps of either affinity; openTSNE refuses a Uniform one here
+    affinities = affinities_of(replace(cfg, affinity="perplexity"), x)
     ref = openTSNE.TSNEEmbedding(embedding.astype(np.float64), affinities, random_state=cfg.seed, n_jobs=cfg.n_jobs)
     # transform re-centres the reference on its bounding box in place; shift the result back
     shift = (ref.max(axis=0) + ref.min(axis=0)) / 2

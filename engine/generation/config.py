@@ -50,3 +50,24 @@ class CompareConfig:
     n: int = 1000  # z-points per sampler
     seed: int = 0
     device: str = "auto"
+
+
+@dataclass
+class FacemapConfig:
+    n: int = 4000  # z-points per probe family (the radius sweep spreads its n over the radii)
+    seed: int = 0
+    radii: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(21))  # sweep radii / the data's median radius
+    axes: int = 16  # principal axes of the axis sweep, each in both directions
+    depth_bins: int = 8  # equal-count bins of void depth
+    bootstrap: int = 200  # resamples for the logistic model's intervals
+    strip: int = 8  # decoded images shown per depth bin
+    device: str = "auto"
+
+    def __post_init__(self):
+        self.radii = tuple(float(r) for r in self.radii)
+        if self.n < 10:
+            raise ValueError(f"n must be >= 10, got {self.n}")
+        if not self.radii or min(self.radii) < 0 or 1.0 not in self.radii:
+            raise ValueError(f"radii must be >= 0 and include 1.0 (the data's median radius), got {self.radii}")
+        if self.axes < 1 or self.depth_bins < 2 or self.bootstrap < 0 or self.strip < 0:
+            raise ValueError(f"axes >= 1, depth_bins >= 2, bootstrap >= 0 and strip >= 0 required, got {self}")

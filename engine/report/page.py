@@ -195,7 +195,7 @@ def _fragmented(run: Path) -> Section:
             name = plane.get("figure") or plane_figure_name(plane["plane"])
             w = plane["windows"][0]
             s.figures.append(Figure(d / name, f"Plane {plane['plane']}",
-                                    f"Points within a thin slab around the plane, data above null. Empty cells inside "
+                                    f"Projections of all points onto the plane, data above null. Empty cells inside "
                                     f"the 95% ellipse (window {w['side']:g}): data {w['empty_share_data']:.3f}, "
                                     f"null {w['empty_share_null']:.3f}."))
     tj = _stage_json(run, "tsne")
@@ -213,9 +213,46 @@ def _fragmented(run: Path) -> Section:
     return s
 
 
+def _facemap(run: Path, s: Section) -> None:
+    """The face map's verdict, figures and logistic model lead the faces section."""
+    fj = _stage_json(run, "facemap")
+    if fj is None:
+        s.missing.append(STAGES["facemap"].command(run))
+        return
+    v, d, lg = fj["verdict"], run / "facemap", fj["logistic"]
+    s.intro = f"Region or voids? {v['sentence']} " + s.intro
+    s.figures += [
+        Figure(d / "radius.png", "Face rate against the distance from the centre",
+               f"z-points at controlled Mahalanobis radius, r = 0 ... {fj['config']['radii'][-1]:g} x the training "
+               f"latents' median radius ({fj['median_radius']:.3g}), along random whitened directions and along the "
+               f"principal axes; grey: the central half of the data's radii. Face rate at r = 1: "
+               f"{v['rate_at_1']['rate']:.2f}; near the centre (r <= 0.2): {v['centre_rate']['rate']:.2f}"
+               + (" (a hole)." if v["hole_at_centre"] else " (no hole).")),
+        Figure(d / "depth.png", "Face rate against void depth, at the median radius",
+               "Every probe moved to the data's median radius; void depth = distance to the nearest training latent / "
+               f"the typical neighbour distance among them ({fj['nn_scale']:.3g}). Right: the depths each probe "
+               "family covers (the random-direction sweep dashed)."),
+        Figure(d / "map.png", "Face rate over radius and void depth",
+               f"All {fj['n_probes']:,} probes of both experiments: the sweeps climb in depth as they leave the "
+               "centre; the depth probes stand in the column at r = 1."),
+        Figure(d / "strip.png", "What a void looks like",
+               f"{fj['config']['strip']} decoded probes per depth bin ({len(fj['depth']['pooled'])} bins), shallow at "
+               f"the top; the face rate of each bin beside it.", wide=True),
+    ]
+    if np.isfinite(lg["coef"][0]):
+        s.tables.append(("Logistic model of P(face) on standardised radius ratio and void depth "
+                         f"({lg['regularisation']}; 95% bootstrap intervals, {lg.get('bootstrap', 0)} resamples). "
+                         "Every probe enters it: along the sweeps depth grows with radius, so the coefficients share "
+                         "what the sweeps show; the verdict on depth is read at fixed radius, from the depth bins.",
+                         ["feature", "coefficient", "95% interval"],
+                         [[f.replace("_", " "), f"{c:.3f}", f"{ci[0]:.3f} to {ci[1]:.3f}"]
+                          for f, c, ci in zip(lg["features"], lg["coef"], lg["coef_ci95"])]))
+
+
 def _faces(run: Path) -> Section:
     s = Section("Which z-points decode to faces?",
                 "Decoded images judged by OpenCV's Haar frontal-face cascade (not trained here), with its calibration.")
+    _facemap(run, s)
     cj = _stage_json(run, "compare")
     if cj is None:
         s.missing.append(STAGES["compare"].command(run))
@@ -262,6 +299,86 @@ def _sections(run: Path) -> list[Section]:
     return [_training(run), _region(run, st), _shape(run, st), _fragmented(run), _faces(run)]
 
 
+PLANE_SAME = 0.05  # plane views whose empty-cell shares are this close to the null's look like the null
+
+
+def _finding_region(st: dict | None) -> str | None:
+    if st is None:
+        return None
+    r, dom = st["radius"], st["dominant"]
+    shell = r["min"] > 0.25 * r["peak"]
+    return (f"{'A shell, not a ball' if shell else 'A filled ball'}: |z| peaks at {r['peak']:.2f} (expected "
+            f"{r['expected']:.2f}, sqrt(D) = {r['sqrt_d']:.1f}) and no point lies within {r['min']:.1f} of the origin; "
+            f"{len(dom)} of {st['d']} components stand out by centre or width.")
+
+
+def _finding_shape(st: dict | None) -> str | None:
+    if st is None:
+        return None
+    pca, norm, c = st["pca"], st["normality"]["full"], st["correlation"]
+    return (f"{pca['n_components_90']} principal axes hold 90% of the variance (PC1 alone "
+            f"{pca['explained_variance_ratio'][0]:.1%}), the largest correlation between components is |r| = "
+            f"{c['max_abs_r']:.2f}, and the cloud is {'not ' if norm['ks_distance'] > 0.05 else ''}multivariate normal "
+            f"(KS distance of the Mahalanobis radii {norm['ks_distance']:.2f}).")
+
+
+def _finding_fragmented(sj: dict | None, tj: dict | None) -> str | None:
+    if sj is None:
+        return None
+    st = sj["statistics"]
+    differ = [k for k, v in st.items() if v["differs"]]
+    ld, tw, vr = st["local_dimension"], st["twonn_dimension"], st["void_ratio"]
+    text = (f"{len(differ)} of {len(st)} neighbour statistics differ from the fitted-normal null (local dimension "
+            f"{ld['data']:.0f} vs {ld['null']:.0f}, TwoNN {tw['data']:.1f} vs {tw['null']:.1f}, void ratio "
+            f"{vr['data']:.2f} vs {vr['null']:.2f})")
+    planes, gaps = [], []
+    for p in sj.get("planes", []):
+        w = min(p["windows"], key=lambda w: abs(w["empty_share_null"] - 0.5))  # the most telling window
+        planes.append(f"{p['plane']} (window {w['side']:g}): {w['empty_share_data']:.3f} vs {w['empty_share_null']:.3f}")
+        gaps.append(abs(w["empty_share_data"] - w["empty_share_null"]))
+    if planes:
+        same = max(gaps) <= PLANE_SAME
+        share = f"the null's share of empty cells, within {PLANE_SAME:g}" if same else "other empty-cell shares than the null"
+        text += (f"; {'yet ' if same and differ else ''}the plane views (projections of all points) show {share} "
+                 "(data vs null, in the window where the null leaves nearest half the cells empty: "
+                 + "; ".join(planes) + ")"
+                 + (", so 'lines around voids' in 2-D views are no evidence of fragmentation" if same and differ else ""))
+    if tj is not None and "kl_divergence" in tj:
+        kl = tj["kl_divergence"]
+        text += f"; t-SNE KL divergence {kl.get('data', float('nan')):.2f} vs {kl.get('null', float('nan')):.2f} (null)"
+    return text + "."
+
+
+def _finding_faces(fj: dict | None, cj: dict | None) -> str | None:
+    parts = [fj["verdict"]["sentence"]] if fj is not None else []
+    if fj is not None:
+        at1 = {k: next((s for s in v if abs(s["r"] - 1) < 1e-9), None) for k, v in fj["sweep"].items()}
+        if at1.get("sweep_axes") and at1.get("sweep_random"):
+            parts.append(f"At r = 1 the face rate is {at1['sweep_random']['rate']:.2f} along random directions and "
+                         f"{at1['sweep_axes']['rate']:.2f} along the principal axes.")
+    if cj is not None:
+        sm = cj["samplers"]
+        rates = ", ".join(f"{k} {sm[k]['face_rate']:.2f} (radius ratio {sm[k].get('radius_ratio', float('nan')):.2f})"
+                          for k in ("mvn", "gauss", "box", "uniform", "origin") if k in sm)
+        parts.append(f"Face rates per sampler: {rates}; real test images {cj['calibration']['real']['rate']:.2f}.")
+        o = sm.get("origin")
+        if o is not None and o["face_rate"] < 0.5 and abs(o.get("radius_ratio", 0) - 1) < 0.2 and o["nn_distance_ratio"] < 1:
+            parts.append(f"z = 0 lies at the data's typical radius (ratio {o['radius_ratio']:.2f}) and nearer to the "
+                         f"training latents than they are to each other (ratio {o['nn_distance_ratio']:.2f}), yet decodes "
+                         f"to a face at rate {o['face_rate']:.2f}: the face region is not a ball in Mahalanobis distance.")
+    return " ".join(parts) or None
+
+
+def _findings(run: Path) -> list[tuple[str, str, str]]:
+    """(question, answer with its numbers, anchor of its section), from the JSON of the stages that ran."""
+    st, sj, tj = _stage_json(run, "stats"), _stage_json(run, "structure"), _stage_json(run, "tsne")
+    fj, cj = _stage_json(run, "facemap"), _stage_json(run, "compare")
+    found = [("What region?", _finding_region(st), "q2"), ("What shape?", _finding_shape(st), "q3"),
+             ("Fragmented or not?", _finding_fragmented(sj, tj), "q4"),
+             ("Which z-points are faces?", _finding_faces(fj, cj), "q5")]
+    return [(q, a, anchor) for q, a, anchor in found if a]
+
+
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.7em;margin-bottom:.2em} h2{margin-top:2em;border-bottom:2px solid #ddd;padding-bottom:.2em}
@@ -305,6 +422,12 @@ def write_report(run_dir: str | os.PathLike) -> dict:
     sections = _sections(run)
     title, meta = _header(run)
     body, md = [], [f"# {title}", ""] + [m + "  " for m in meta] + [""]
+    findings = _findings(run)
+    if findings:
+        body.append('<section id="findings"><h2>Findings</h2><ul>' + "".join(
+            f'<li><b>{html.escape(q)}</b> {html.escape(a)} <a href="#{anchor}">(section)</a></li>'
+            for q, a, anchor in findings) + "</ul></section>")
+        md += ["## Findings", ""] + [f"- **{q}** {a} ([section](#{anchor}))" for q, a, anchor in findings] + [""]
     nfig, missing_files = 0, []
     for i, s in enumerate(sections, 1):
         body.append(f'<section id="q{i}"><h2>{i}. {html.escape(s.question)}</h2>')
@@ -337,7 +460,8 @@ def write_report(run_dir: str | os.PathLike) -> dict:
         if figs:
             body.append('<div class="grid">' + "".join(figs) + "</div>")
         body.append("</section>")
-    nav = "".join(f'<a href="#q{i}">{i}. {html.escape(s.question)}</a>' for i, s in enumerate(sections, 1))
+    nav = ('<a href="#findings">Findings</a>' if findings else "") + "".join(
+        f'<a href="#q{i}">{i}. {html.escape(s.question)}</a>' for i, s in enumerate(sections, 1))
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
             f"<h1>{html.escape(title)}</h1>" + "".join(f'<p class="meta">{html.escape(m)}</p>' for m in meta)

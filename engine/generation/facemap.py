@@ -1,0 +1,349 @@
+"""``zspace facemap``: is a z-point a face because it lies in the region, or because it lies on the data?
+
+The study saw filaments and voids in the latent cloud and left open whether they explain
+why random z-points decode to non-faces, or whether random z-points simply miss a larger
+coherent region. This stage measures both effects with the same decoder and the same
+independent judge (the Haar cascade of :mod:`engine.generation.judge`):
+
+Radius sweep. z-points at a controlled Mahalanobis radius (under the normal fitted to the
+training latents) of r = 0, 0.1, ..., 2.0 times the training latents' median radius, along
+random whitened directions (``sweep_random``) and along the principal axes, both signs
+(``sweep_axes``). The face rate against r says where the face region ends and whether it has
+a hole at the centre.
+
+Void depth at fixed radius. Every probe of these families is put at exactly the data's median
+Mahalanobis radius (moved along its ray from the centre), so radius cannot explain a
+difference between them. Its void depth is its distance to the nearest training latent
+(exact FAISS search) over the typical nearest-neighbour distance among training latents (the
+median over up to 5,000 of them): below 1, nearer to the data than the data are to each other;
+far above 1, deep in a void. In 256 dimensions samples of the fitted normal cover only a narrow
+band of depths, so four families span the range:
+
+  normal          draws of the fitted normal
+  toward          a training latent moved a uniform fraction t of the way toward a draw of the
+                  normal (t = 0: the latent itself, depth 0)
+  midpoint_near   midpoints of a training latent and one of its 5 nearest training latents
+  midpoint_far    midpoints of two random training latents
+
+(the training latents used sit within 5% of the median radius, so the move to it is small).
+Their pooled depths are cut into bins of equal counts, and the face rate per bin carries its
+95% Wilson interval.
+
+A logistic model of P(face) on (radius ratio, void depth) over every probe (scikit-learn,
+L2-regularised, C = 1, on standardised features; bootstrap intervals) and a verdict by the rule
+in ``RULE``, which facemap.json states before the numbers.
+
+Writes RUN/facemap/: facemap.json, facemap.md, probes.npz (z, family, radius ratio, depth,
+face), radius.png, depth.png, map.png and strip.png (decoded images per depth bin).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from tqdm.auto import tqdm
+
+from engine.analysis.gaussian import GaussianFit
+from engine.analysis.knn import build_index, knn
+from engine.data.sources import TRAIN
+from engine.files import write_json_atomic, write_text_atomic
+from engine.generation.config import FacemapConfig
+from engine.generation.facemap_figures import facemap_figures
+from engine.generation.generate import decode_with, load_model, load_z
+from engine.generation.judge import DEFAULT, detect, wilson_interval
+from engine.latents.store import open_latents
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["facemap", "face_map", "FaceMapCloud", "SWEEPS", "DEPTH_FAMILIES", "FAMILIES", "RULE", "LOGISTIC_NOTE"]
+
+SWEEPS = ("sweep_random", "sweep_axes")
+DEPTH_FAMILIES = ("normal", "toward", "midpoint_near", "midpoint_far")
+FAMILIES = SWEEPS + DEPTH_FAMILIES
+NN_REFERENCE_POINTS = 5000  # training latents whose nearest-neighbour distance sets the depth scale
+ANCHOR_BAND = 0.05  # training latents within this relative distance of the median radius anchor the depth probes
+NEAR_PAIRS = 5  # midpoint_near pairs a latent with one of its NEAR_PAIRS nearest training latents
+DECODE_BATCH = 512
+LOGISTIC_NOTE = ("Every probe enters the model: along the sweeps depth grows with radius, so the two coefficients "
+                 "share what the sweeps show; the verdict on depth is read at fixed radius, from the depth bins.")
+
+RULE = {
+    "voids_matter": "at the data's median radius, the face rates of the shallowest and the deepest void-depth bin "
+                    "(equal-count bins of every depth probe) have disjoint 95% Wilson intervals",
+    "region_matters": "along random whitened directions, the highest and the lowest face rate over the radii "
+                      "r = 0.1 ... 2.0 (r = 0 is one point and is left out) have disjoint 95% Wilson intervals",
+    "hole_at_centre": "the face rate at r = 0.1 and 0.2 together is below that at r = 1.0, intervals disjoint",
+    "region_ends": "the smallest r > 1 at which the face rate falls below half of that at r = 1.0",
+    "explains": "independent random vectors miss the faces because of 'the radius/correlation structure' when the "
+                "region matters and voids do not, 'the voids' when voids matter and the region does not, 'both' "
+                "when both do, and 'neither' when neither does",
+}
+
+
+class FaceMapCloud:
+    """The training latents as the face map measures against them: fitted normal, radii, exact index, depth scale."""
+
+    def __init__(self, zt: np.ndarray, seed: int = 0):
+        zt = np.ascontiguousarray(zt, np.float32)
+        if zt.ndim != 2 or len(zt) < NEAR_PAIRS + 2:
+            raise ValueError(f"need at least {NEAR_PAIRS + 2} training latents of shape (N, D), got {zt.shape}")
+        self.zt = zt
+        self.normal = GaussianFit().fit(zt)
+        self.radii = self.normal.mahalanobis(zt)
+        self.median_radius = float(np.median(self.radii))
+        self.index = build_index(zt, "exact")
+        rng = np.random.default_rng(seed)
+        q = np.sort(rng.choice(len(zt), size=min(NN_REFERENCE_POINTS, len(zt)), replace=False))
+        d, _ = knn(self.index, zt[q], 1, query_ids=q)
+        self.nn_scale = float(np.median(d[:, 0]))
+        if not (self.median_radius > 0 and self.nn_scale > 0):
+            raise ValueError(f"degenerate latent cloud: median radius {self.median_radius:g}, typical neighbour "
+                             f"distance {self.nn_scale:g} (are all latents equal?)")
+
+    def ratio(self, zs: np.ndarray) -> np.ndarray:
+        """Mahalanobis radius of each row over the training latents' median radius, float64."""
+        return self.normal.mahalanobis(zs) / self.median_radius
+
+    def depth(self, zs: np.ndarray) -> np.ndarray:
+        """Distance to the nearest training latent over the typical nearest-neighbour distance, float64."""
+        d, _ = knn(self.index, np.ascontiguousarray(zs, np.float32), 1)
+        return d[:, 0].astype(np.float64) / self.nn_scale
+
+    def at_ratio(self, zs: np.ndarray, ratio: float) -> np.ndarray:
+        """The rows of ``zs`` moved along their rays from the centre to radius ``ratio`` x the median, float64."""
+        c = np.asarray(zs, np.float64) - self.normal.mean_
+        r = self.normal.mahalanobis(zs)
+        scale = np.divide(ratio * self.median_radius, r, out=np.zeros_like(r), where=r > 0)
+        return self.normal.mean_ + c * scale[:, None]
+
+    def along(self, directions: np.ndarray, ratio: float) -> np.ndarray:
+        """Points at radius ``ratio`` x the median along whitened ``directions`` (k, rank), float64."""
+        root = self.normal.root_[:, self.normal.retained_]
+        u = directions / np.linalg.norm(directions, axis=1, keepdims=True)
+        return self.normal.mean_ + (ratio * self.median_radius) * (u @ root.T)
+
+
+def _sweeps(cloud: FaceMapCloud, cfg: FacemapConfig, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(points float64, stated radius ratio) of both sweeps; r = 0 is the centre, one point."""
+    rank = cloud.normal.rank_
+    per = max(1, cfg.n // len(cfg.radii))
+    axes = np.eye(rank)[: min(cfg.axes, rank)]
+    axes = np.concatenate([axes, -axes])
+    out = {}
+    for name, dirs in (("sweep_random", lambda: rng.standard_normal((per, rank))), ("sweep_axes", lambda: axes)):
+        pts, stated = [], []
+        for r in cfg.radii:
+            p = cloud.normal.mean_[None, :] if r == 0 else cloud.along(dirs(), r)
+            pts.append(p)
+            stated.append(np.full(len(p), r))
+        out[name] = (np.concatenate(pts), np.concatenate(stated))
+    return out
+
+
+def _depth_probes(cloud: FaceMapCloud, cfg: FacemapConfig, rng) -> dict[str, np.ndarray]:
+    """The four depth families, n points each, every one at exactly the median radius."""
+    ratio = cloud.radii / cloud.median_radius
+    pool = np.flatnonzero(np.abs(ratio - 1) <= ANCHOR_BAND)
+    if len(pool) < NEAR_PAIRS + 1:  # a tiny cloud: the latents nearest the median radius
+        pool = np.argsort(np.abs(ratio - 1))[: max(NEAR_PAIRS + 1, len(ratio) // 10)]
+    n, zt = cfg.n, cloud.zt.astype(np.float64)
+    rows = np.sort(rng.choice(pool, size=n, replace=n > len(pool)))
+    a = zt[rows]
+    _, near = knn(cloud.index, cloud.zt[rows], NEAR_PAIRS, query_ids=rows)
+    partner = near[np.arange(n), rng.integers(0, NEAR_PAIRS, n)]
+    t = rng.uniform(0, 1, n)[:, None]
+    raw = {
+        "normal": cloud.normal.sample(n, rng),
+        "toward": a + t * (cloud.normal.sample(n, rng) - a),
+        "midpoint_near": (a + zt[partner]) / 2,
+        "midpoint_far": (a + zt[rng.integers(0, len(zt), n)]) / 2,
+    }
+    return {k: cloud.at_ratio(v, 1.0) for k, v in raw.items()}
+
+
+def _rate(hits: np.ndarray) -> dict:
+    return _counts(int(hits.sum()), int(hits.size))
+
+
+def _counts(count: int, n: int) -> dict:
+    return {"n": n, "faces": count, "rate": count / n if n else float("nan"),
+            "ci95": list(wilson_interval(count, n)) if n else [float("nan"), float("nan")]}
+
+
+def _disjoint(a: dict, b: dict) -> bool:
+    return a["ci95"][1] < b["ci95"][0] or b["ci95"][1] < a["ci95"][0]
+
+
+def depth_edges(depth: np.ndarray, bins: int) -> np.ndarray:
+    """Edges of ``bins`` equal-count bins of ``depth`` (fewer where depths repeat); the last edge is inclusive."""
+    edges = np.unique(np.quantile(depth, np.linspace(0, 1, bins + 1)))
+    return edges if len(edges) > 1 else np.array([edges[0], edges[0]])
+
+
+def depth_bin(depth: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The bin of each depth: i where edges[i] <= depth < edges[i + 1], the last bin closed."""
+    return np.clip(np.searchsorted(edges, depth, side="right") - 1, 0, len(edges) - 2)
+
+
+def logistic_model(radius: np.ndarray, depth: np.ndarray, face: np.ndarray, bootstrap: int, rng) -> dict:
+    """P(face) = sigmoid(b0 + b_r r' + b_d d') on standardised radius ratio r' and depth d', with bootstrap intervals."""
+    x = np.stack([radius, depth], 1)
+    mu, sd = x.mean(0), x.std(0)
+    sd[sd == 0] = 1.0
+    xs = (x - mu) / sd
+    y = face.astype(int)
+    out = {"features": ["radius_ratio", "void_depth"], "standardised_by": {"mean": mu.tolist(), "sd": sd.tolist()},
+           "regularisation": "L2, C = 1 (scikit-learn LogisticRegression, lbfgs)"}
+    if y.min() == y.max():
+        return out | {"coef": [float("nan")] * 2, "intercept": float("nan"), "coef_ci95": [[float("nan")] * 2] * 2,
+                      "note": f"every probe judged {'a face' if y[0] else 'not a face'}: nothing to fit"}
+    fit = LogisticRegression(C=1.0).fit(xs, y)
+    reps = []
+    for _ in range(bootstrap):
+        i = rng.integers(0, len(y), len(y))
+        if y[i].min() != y[i].max():
+            reps.append(LogisticRegression(C=1.0).fit(xs[i], y[i]).coef_[0])
+    lo, hi = (np.percentile(reps, [2.5, 97.5], axis=0) if reps else np.full((2, 2), np.nan))
+    return out | {"coef": fit.coef_[0].tolist(), "intercept": float(fit.intercept_[0]),
+                  "coef_ci95": [[float(lo[j]), float(hi[j])] for j in range(2)], "bootstrap": len(reps),
+                  "coef_per_unit": (fit.coef_[0] / sd).tolist()}
+
+
+def _sweep_rates(radius_stated: np.ndarray, face: np.ndarray, radii) -> list[dict]:
+    return [{"r": float(r)} | _rate(face[radius_stated == r]) for r in radii]
+
+
+def verdict(sweep: list[dict], depth_bins: list[dict]) -> dict:
+    """The verdict by ``RULE`` from the random-direction sweep and the pooled depth bins."""
+    swept = [s for s in sweep if s["r"] > 0 and s["n"] > 0]
+    hi, lo = max(swept, key=lambda s: s["rate"]), min(swept, key=lambda s: s["rate"])
+    at1 = min(swept, key=lambda s: abs(s["r"] - 1.0))
+    inner = [s for s in swept if s["r"] <= 0.2 + 1e-9]
+    inner_rate = _counts(sum(s["faces"] for s in inner), sum(s["n"] for s in inner))
+    shallow, deep = depth_bins[0], depth_bins[-1]
+    voids, region = _disjoint(shallow, deep), _disjoint(hi, lo)
+    ends = next((s["r"] for s in swept if s["r"] > 1.0 and s["rate"] < at1["rate"] / 2), None)
+    explains = {(True, False): "the radius/correlation structure", (False, True): "the voids",
+                (True, True): "both", (False, False): "neither"}[(region, voids)]
+    sentence = (f"At the data's median radius, the face rate is {shallow['rate']:.2f} ({shallow['ci95'][0]:.2f}-"
+                f"{shallow['ci95'][1]:.2f}) for the shallowest probes (void depth {shallow['lo']:.2f}-{shallow['hi']:.2f}) "
+                f"and {deep['rate']:.2f} ({deep['ci95'][0]:.2f}-{deep['ci95'][1]:.2f}) for the deepest "
+                f"({deep['lo']:.2f}-{deep['hi']:.2f}): void depth {'does' if voids else 'does not'} change it beyond "
+                f"the judge's uncertainty; along random directions the face rate runs from {lo['rate']:.2f} "
+                f"(r = {lo['r']:g}) to {hi['rate']:.2f} (r = {hi['r']:g})"
+                + (f" and falls below half its value at r = 1 from r = {ends:g} on" if ends is not None else "")
+                + f", so independent random vectors fail because of {explains}.")
+    return {"voids_matter": voids, "region_matters": region, "explains": explains, "sentence": sentence,
+            "hole_at_centre": bool(inner and inner_rate["rate"] < at1["rate"] and _disjoint(inner_rate, at1)),
+            "centre_rate": inner_rate, "rate_at_1": at1, "region_ends": ends, "shallowest": shallow, "deepest": deep,
+            "sweep_highest": hi, "sweep_lowest": lo}
+
+
+def _judge_all(z: np.ndarray, decode: Callable, judge: Callable, keep: np.ndarray, progress: bool):
+    """Face verdict of every row of z, decoded in batches; the images of the rows in ``keep``."""
+    face = np.zeros(len(z), bool)
+    kept = {}
+    want = set(keep.tolist())
+    for s in tqdm(range(0, len(z), DECODE_BATCH), desc="decode + judge", unit="batch", disable=None if progress else True,
+                  leave=False):
+        images = decode(z[s : s + DECODE_BATCH])
+        face[s : s + len(images)] = judge(images)
+        kept.update({i: images[i - s] for i in range(s, s + len(images)) if i in want})
+    return face, np.stack([kept[i] for i in keep]) if len(keep) else None
+
+
+def face_map(zt: np.ndarray, decode: Callable[[np.ndarray], np.ndarray], cfg: FacemapConfig | None = None,
+             judge: Callable[[np.ndarray], np.ndarray] = detect, progress: bool = True) -> tuple[dict, dict]:
+    """The experiment on training latents ``zt`` with ``decode`` (float32 (n, D) -> uint8 images) and ``judge``.
+
+    Returns (the JSON result, the arrays: z, family, radius ratio, depth, face, stated radius, strip images).
+    """
+    cfg = cfg or FacemapConfig()
+    rng = np.random.default_rng(cfg.seed)
+    cloud = FaceMapCloud(zt, cfg.seed)
+    sweeps, probes = _sweeps(cloud, cfg, rng), _depth_probes(cloud, cfg, rng)
+    parts = [sweeps[k][0] for k in SWEEPS] + [probes[k] for k in DEPTH_FAMILIES]
+    z = np.concatenate(parts).astype(np.float32)
+    family = np.concatenate([np.full(len(p), i, np.int8) for i, p in enumerate(parts)])
+    stated = np.concatenate([sweeps[k][1] for k in SWEEPS] + [np.ones(len(probes[k])) for k in DEPTH_FAMILIES])
+    radius, depth = cloud.ratio(z), cloud.depth(z)
+    in_depth = family >= len(SWEEPS)
+    edges = depth_edges(depth[in_depth], cfg.depth_bins)
+    bins = depth_bin(depth, edges)
+    strip = np.concatenate([rng.permutation(np.flatnonzero(in_depth & (bins == b)))[: cfg.strip]
+                            for b in range(len(edges) - 1)]).astype(np.int64)
+    face, strip_images = _judge_all(z, decode, judge, strip, progress)
+
+    result: dict = {"rule": RULE, "config": asdict(cfg) | {"radii": list(cfg.radii)}, "n_probes": int(len(z)),
+                    "median_radius": cloud.median_radius, "nn_scale": cloud.nn_scale,
+                    "radius_band": np.quantile(cloud.radii / cloud.median_radius, [0.05, 0.25, 0.75, 0.95]).tolist(),
+                    "train_points": int(len(zt)), "detector": DEFAULT.settings()}
+    result["sweep"] = {k: _sweep_rates(stated[family == i], face[family == i], cfg.radii) for i, k in enumerate(SWEEPS)}
+    pooled = [{"bin": b, "lo": float(edges[b]), "hi": float(edges[b + 1])} | _rate(face[in_depth & (bins == b)])
+              for b in range(len(edges) - 1)]
+    result["depth"] = {"edges": edges.tolist(), "pooled": pooled, "families": {
+        k: {"bins": [_rate(face[(family == i) & (bins == b)]) for b in range(len(edges) - 1)],
+            "depth_quantiles": np.quantile(depth[family == i], [0.05, 0.25, 0.5, 0.75, 0.95]).tolist(),
+            "radius_ratio": [float(radius[family == i].min()), float(radius[family == i].max())], "all": _rate(face[family == i])}
+        for i, k in enumerate(FAMILIES) if i >= len(SWEEPS)}}
+    result["sweep_depth"] = {k: [float(np.median(depth[(family == i) & (stated == r)])) for r in cfg.radii]
+                             for i, k in enumerate(SWEEPS)}
+    result["logistic"] = logistic_model(radius, depth, face, cfg.bootstrap, rng)
+    result["verdict"] = verdict(result["sweep"]["sweep_random"], pooled)
+    arrays = {"z": z, "family": family, "radius_ratio": radius, "depth": depth, "face": face, "stated_radius": stated,
+              "depth_bin": bins, "strip": strip, "strip_images": strip_images}
+    return result, arrays
+
+
+def markdown(result: dict) -> str:
+    v = result["verdict"]
+    lines = ["# Is a z-point a face because of the region, or because it lies on the data?", "", v["sentence"], "",
+             "## Radius sweep (face rate, 95% interval)", "", "| r / median radius | random directions | principal axes |",
+             "|---:|---|---|"]
+    for a, b in zip(result["sweep"]["sweep_random"], result["sweep"]["sweep_axes"]):
+        lines.append(f"| {a['r']:.1f} | {a['rate']:.3f} ({a['ci95'][0]:.3f}-{a['ci95'][1]:.3f}, n {a['n']}) | "
+                     f"{b['rate']:.3f} ({b['ci95'][0]:.3f}-{b['ci95'][1]:.3f}, n {b['n']}) |")
+    lines += ["", "## Void depth at the median radius (all depth probes pooled)", "", "| depth | face rate | 95% CI | n |",
+              "|---|---:|---:|---:|"]
+    lines += [f"| {b['lo']:.2f}-{b['hi']:.2f} | {b['rate']:.3f} | {b['ci95'][0]:.3f}-{b['ci95'][1]:.3f} | {b['n']} |"
+              for b in result["depth"]["pooled"]]
+    lg = result["logistic"]
+    lines += ["", "## Logistic model of P(face) (standardised features)", "", "| feature | coefficient | 95% bootstrap |",
+              "|---|---:|---:|"]
+    lines += [f"| {f} | {c:.3f} | {ci[0]:.3f} to {ci[1]:.3f} |" for f, c, ci in zip(lg["features"], lg["coef"], lg["coef_ci95"])]
+    lines += ["", LOGISTIC_NOTE]
+    return "\n".join(lines) + "\n"
+
+
+def facemap(run_dir: str | os.PathLike, n: int = FacemapConfig.n, seed: int = FacemapConfig.seed,
+            device: str = FacemapConfig.device, progress: bool = True, config: FacemapConfig | None = None) -> dict:
+    """Run the face-map experiment on ``run_dir``; write RUN/facemap/ and return facemap.json's content."""
+    cfg = config or FacemapConfig(n=n, seed=seed, device=device)
+    t0 = time.perf_counter()
+    run = Path(run_dir)
+    z, _ = load_z(run)
+    group = open_latents(run)
+    split = group["split"][:] if "split" in group else None
+    train_rows = np.flatnonzero(split == TRAIN) if split is not None else np.arange(len(z))
+    if len(train_rows) < NEAR_PAIRS + 2:
+        train_rows = np.arange(len(z))
+    model, dev, prec = load_model(run, device=cfg.device)
+    result, arrays = face_map(z[train_rows], lambda zs: decode_with(model, zs, dev, prec), cfg, progress=progress)
+    result["inputs"] = {"latents_key": group.attrs.get("key")}
+    out = run / "facemap"
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "probes.npz", **{k: v for k, v in arrays.items() if k != "strip_images"},
+             families=np.array(FAMILIES))
+    result["figures"] = facemap_figures(out, result, arrays, FAMILIES, SWEEPS)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json_atomic(out / "facemap.json", result)
+    write_text_atomic(out / "facemap.md", markdown(result))
+    logger.info("facemap: %d probes in %.1f s; %s", result["n_probes"], result["seconds"], result["verdict"]["sentence"])
+    return result
