@@ -75,8 +75,9 @@ LOGISTIC_NOTE = ("Every probe enters the model: along the sweeps depth grows wit
                  "share what the sweeps show; the verdict on depth is read at fixed radius, from the depth bins.")
 
 RULE = {
-    "voids_matter": "at the data's median radius, the face rates of the shallowest and the deepest void-depth bin "
-                    "(equal-count bins of every depth probe) have disjoint 95% Wilson intervals",
+    "voids_matter": "at the data's median radius, the deepest void-depth bin (equal-count bins of every depth probe) "
+                    "has a lower face rate than the shallowest, their 95% Wilson intervals disjoint (a higher rate in "
+                    "the voids is reported as such, but cannot explain why random z-points fail)",
     "region_matters": "along random whitened directions, the highest and the lowest face rate over the radii "
                       "r = 0.1 ... 2.0 (r = 0 is one point and is left out) have disjoint 95% Wilson intervals",
     "hole_at_centre": "the face rate at r = 0.1 and 0.2 together is below that at r = 1.0, intervals disjoint",
@@ -228,19 +229,22 @@ def verdict(sweep: list[dict], depth_bins: list[dict]) -> dict:
     inner = [s for s in swept if s["r"] <= 0.2 + 1e-9]
     inner_rate = _counts(sum(s["faces"] for s in inner), sum(s["n"] for s in inner))
     shallow, deep = depth_bins[0], depth_bins[-1]
-    voids, region = _disjoint(shallow, deep), _disjoint(hi, lo)
+    changed = _disjoint(shallow, deep)
+    voids, region = changed and deep["rate"] < shallow["rate"], _disjoint(hi, lo)
+    effect = "lowers" if voids else "raises" if changed else "does not change"
     ends = next((s["r"] for s in swept if s["r"] > 1.0 and s["rate"] < at1["rate"] / 2), None)
     explains = {(True, False): "the radius/correlation structure", (False, True): "the voids",
                 (True, True): "both", (False, False): "neither"}[(region, voids)]
     sentence = (f"At the data's median radius, the face rate is {shallow['rate']:.2f} ({shallow['ci95'][0]:.2f}-"
                 f"{shallow['ci95'][1]:.2f}) for the shallowest probes (void depth {shallow['lo']:.2f}-{shallow['hi']:.2f}) "
                 f"and {deep['rate']:.2f} ({deep['ci95'][0]:.2f}-{deep['ci95'][1]:.2f}) for the deepest "
-                f"({deep['lo']:.2f}-{deep['hi']:.2f}): void depth {'does' if voids else 'does not'} change it beyond "
-                f"the judge's uncertainty; along random directions the face rate runs from {lo['rate']:.2f} "
+                f"({deep['lo']:.2f}-{deep['hi']:.2f}): depth in the voids {effect} it beyond the judge's "
+                f"uncertainty; along random directions the face rate runs from {lo['rate']:.2f} "
                 f"(r = {lo['r']:g}) to {hi['rate']:.2f} (r = {hi['r']:g})"
                 + (f" and falls below half its value at r = 1 from r = {ends:g} on" if ends is not None else "")
                 + f", so independent random vectors fail because of {explains}.")
-    return {"voids_matter": voids, "region_matters": region, "explains": explains, "sentence": sentence,
+    return {"voids_matter": voids, "depth_effect": effect, "region_matters": region, "explains": explains,
+            "sentence": sentence,
             "hole_at_centre": bool(inner and inner_rate["rate"] < at1["rate"] and _disjoint(inner_rate, at1)),
             "centre_rate": inner_rate, "rate_at_1": at1, "region_ends": ends, "shallowest": shallow, "deepest": deep,
             "sweep_highest": hi, "sweep_lowest": lo}
