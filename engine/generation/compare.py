@@ -35,13 +35,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from engine.analysis.gaussian import GaussianFit
-from engine.analysis.knn import build_index, knn
 from engine.data.feed import read_rows
 from engine.data.imagecache import open_cache
-from engine.data.sources import TRAIN
 from engine.figures import subplots
 from engine.files import write_json_atomic, write_text_atomic
+from engine.generation.cloud import TrainingCloud, training_rows
 from engine.generation.config import CompareConfig
 from engine.generation.generate import decode_with, encode_with, load_model, load_z, sampler_info, write_samples
 from engine.generation.judge import DEFAULT, calibration, detect, sharpness, wilson_interval
@@ -53,41 +51,32 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["compare", "Reference", "markdown_table"]
 
-NN_REFERENCE_POINTS = 5000  # training latents whose nearest-neighbour distance sets the scale
-
-
 class Reference:
-    """What samples are measured against: the training latents (FAISS index), the spread, the model."""
+    """What samples are measured against: the training latents (engine.generation.cloud), the spread, the model."""
 
     def __init__(self, z: np.ndarray, train_rows: np.ndarray, model, dev, prec, seed: int = 0):
         self.model, self.dev, self.prec = model, dev, prec
-        zt = np.ascontiguousarray(z[train_rows], np.float32)
-        self.index = build_index(zt, "exact")
-        rng = np.random.default_rng(seed)
-        q = np.sort(rng.choice(len(zt), size=min(NN_REFERENCE_POINTS, len(zt)), replace=False))
-        d, _ = knn(self.index, zt[q], 1, query_ids=q)
-        self.nn_distance = float(np.median(d[:, 0]))
-        self.normal = GaussianFit().fit(zt)  # the training latents' normal: Mahalanobis radii
+        self.cloud = TrainingCloud(z[train_rows], seed)
+        self.nn_distance, self.radius = self.cloud.nn_scale, self.cloud.median_radius
         centred = z.astype(np.float64) - z.mean(0, dtype=np.float64)
         self.spread = float(np.sqrt((centred**2).sum(1).mean()))
-        self.radius = float(np.median(self.mahalanobis(zt)))
         if not (self.nn_distance > 0 and self.spread > 0):
             raise ValueError(f"degenerate latent cloud: spread {self.spread:g}, typical neighbour distance "
                              f"{self.nn_distance:g} (are all latents equal?)")
 
     def mahalanobis(self, zs: np.ndarray) -> np.ndarray:
-        return self.normal.mahalanobis(zs)
+        return self.cloud.normal.mahalanobis(zs)
 
     def measure(self, zs: np.ndarray, images: np.ndarray, hits: np.ndarray) -> dict:
         """Metrics of one set of z-points and their decoded images (``hits``: face found per image)."""
         count, n = int(hits.sum()), int(hits.size)
         back = encode_with(self.model, images, self.dev, self.prec)
         drift = np.linalg.norm(back.astype(np.float64) - zs, axis=1) / self.spread
-        d, _ = knn(self.index, zs, 1)
+        nearest = self.cloud.nearest(zs)
         sharp = sharpness(images)
         return {"n": n, "face_count": count, "face_rate": count / n, "face_rate_ci": list(wilson_interval(count, n)),
                 "consistency": float(np.median(drift)), "consistency_q90": float(np.quantile(drift, 0.9)),
-                "nn_distance_ratio": float(np.median(d[:, 0]) / self.nn_distance),
+                "nn_distance_ratio": float(np.median(nearest) / self.nn_distance),
                 "radius_ratio": float(np.median(self.mahalanobis(zs)) / self.radius),
                 "sharpness": float(sharp.mean()), "z_norm_mean": float(np.linalg.norm(zs, axis=1).mean())}
 
@@ -177,10 +166,7 @@ def compare(run_dir: str | os.PathLike, n: int = CompareConfig.n, seed: int = Co
     out = run / "generate"
     z, test = load_z(run)
     group = open_latents(run)
-    split = group["split"][:] if "split" in group else None
-    train_rows = np.flatnonzero(split == TRAIN) if split is not None else np.arange(len(z))
-    if len(train_rows) < 2:
-        train_rows = np.arange(len(z))
+    train_rows = training_rows(group, len(z))
     model, dev, prec = load_model(run, device=device)
     ref = Reference(z, train_rows, model, dev, prec, seed)
 

@@ -50,10 +50,9 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
-from engine.analysis.gaussian import GaussianFit
-from engine.analysis.knn import build_index, knn
-from engine.data.sources import TRAIN
+from engine.analysis.knn import knn
 from engine.files import write_json_atomic, write_text_atomic
+from engine.generation.cloud import TrainingCloud, training_rows
 from engine.generation.config import FacemapConfig
 from engine.generation.facemap_figures import facemap_figures
 from engine.generation.generate import decode_with, load_model, load_z
@@ -67,7 +66,6 @@ __all__ = ["facemap", "face_map", "FaceMapCloud", "SWEEPS", "DEPTH_FAMILIES", "F
 SWEEPS = ("sweep_random", "sweep_axes")
 DEPTH_FAMILIES = ("normal", "toward", "midpoint_near", "midpoint_far")
 FAMILIES = SWEEPS + DEPTH_FAMILIES
-NN_REFERENCE_POINTS = 5000  # training latents whose nearest-neighbour distance sets the depth scale
 ANCHOR_BAND = 0.05  # training latents within this relative distance of the median radius anchor the depth probes
 NEAR_PAIRS = 5  # midpoint_near pairs a latent with one of its NEAR_PAIRS nearest training latents
 DECODE_BATCH = 512
@@ -88,34 +86,17 @@ RULE = {
 }
 
 
-class FaceMapCloud:
-    """The training latents as the face map measures against them: fitted normal, radii, exact index, depth scale."""
+class FaceMapCloud(TrainingCloud):
+    """The training latents as the face map measures against them (:class:`TrainingCloud`), and how it places
+    probes: along rays from the centre and along whitened directions."""
 
     def __init__(self, zt: np.ndarray, seed: int = 0):
-        zt = np.ascontiguousarray(zt, np.float32)
-        if zt.ndim != 2 or len(zt) < NEAR_PAIRS + 2:
-            raise ValueError(f"need at least {NEAR_PAIRS + 2} training latents of shape (N, D), got {zt.shape}")
-        self.zt = zt
-        self.normal = GaussianFit().fit(zt)
-        self.radii = self.normal.mahalanobis(zt)
-        self.median_radius = float(np.median(self.radii))
-        self.index = build_index(zt, "exact")
-        rng = np.random.default_rng(seed)
-        q = np.sort(rng.choice(len(zt), size=min(NN_REFERENCE_POINTS, len(zt)), replace=False))
-        d, _ = knn(self.index, zt[q], 1, query_ids=q)
-        self.nn_scale = float(np.median(d[:, 0]))
+        if np.ndim(zt) != 2 or len(zt) < NEAR_PAIRS + 2:
+            raise ValueError(f"need at least {NEAR_PAIRS + 2} training latents of shape (N, D), got {np.shape(zt)}")
+        super().__init__(zt, seed)
         if not (self.median_radius > 0 and self.nn_scale > 0):
             raise ValueError(f"degenerate latent cloud: median radius {self.median_radius:g}, typical neighbour "
                              f"distance {self.nn_scale:g} (are all latents equal?)")
-
-    def ratio(self, zs: np.ndarray) -> np.ndarray:
-        """Mahalanobis radius of each row over the training latents' median radius, float64."""
-        return self.normal.mahalanobis(zs) / self.median_radius
-
-    def depth(self, zs: np.ndarray) -> np.ndarray:
-        """Distance to the nearest training latent over the typical nearest-neighbour distance, float64."""
-        d, _ = knn(self.index, np.ascontiguousarray(zs, np.float32), 1)
-        return d[:, 0].astype(np.float64) / self.nn_scale
 
     def at_ratio(self, zs: np.ndarray, ratio: float) -> np.ndarray:
         """The rows of ``zs`` moved along their rays from the centre to radius ``ratio`` x the median, float64."""
@@ -334,10 +315,7 @@ def facemap(run_dir: str | os.PathLike, n: int = FacemapConfig.n, seed: int = Fa
     run = Path(run_dir)
     z, _ = load_z(run)
     group = open_latents(run)
-    split = group["split"][:] if "split" in group else None
-    train_rows = np.flatnonzero(split == TRAIN) if split is not None else np.arange(len(z))
-    if len(train_rows) < NEAR_PAIRS + 2:
-        train_rows = np.arange(len(z))
+    train_rows = training_rows(group, len(z), NEAR_PAIRS + 2)
     model, dev, prec = load_model(run, device=cfg.device)
     result, arrays = face_map(z[train_rows], lambda zs: decode_with(model, zs, dev, prec), cfg, progress=progress)
     result["inputs"] = {"latents_key": group.attrs.get("key")}
