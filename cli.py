@@ -19,9 +19,10 @@ from engine.analysis.config import TSNE_AFFINITIES, StatsConfig, StructureConfig
 from engine.data.config import PrepareConfig
 from engine.files import run_lock
 from engine.generation.config import SAMPLERS, CompareConfig, FacemapConfig, GenerateConfig, PathsConfig
-from engine.model.config import LOSSES, EncodeConfig, ModelConfig, TrainConfig
+from engine.model.config import LOSSES, RANK_TIMEOUT_S, EncodeConfig, ModelConfig, RankFailed, TrainConfig
 from engine.stages import STAGE_NAMES, STAGES
 
+RANKED = ("train", "encode")  # the verbs that run on several ranks (--nproc, torchrun)
 # verbs that write RUN: one process at a time per run directory
 WRITERS = {"prepare", "train", "encode", "import-latents", "stats", "structure", "tsne", "generate", "paths",
            "compare", "facemap", "report", "run"}
@@ -59,9 +60,22 @@ def cmd_prepare(args) -> dict:
                    overwrite=args.overwrite, progress=not args.quiet)
 
 
+def _rank_env() -> int | None:
+    """This process's rank when torchrun started it, else None."""
+    return int(os.environ["RANK"]) if "RANK" in os.environ and "WORLD_SIZE" in os.environ else None
+
+
+def _on_ranks(verb: str, call: dict, args):
+    """``verb`` on ``--nproc`` ranks of this machine (torchrun's standalone launcher)."""
+    from engine.model.launch import launch
+
+    if _rank_env() is not None:
+        raise ValueError("--nproc inside a torchrun job: torchrun already started the ranks; drop --nproc")
+    return launch(verb, call, args.nproc, quiet=args.quiet)
+
+
 def cmd_train(args) -> dict:
     from engine.data.imagecache import open_cache
-    from engine.model.train import train
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
                       precision=args.precision, device=args.device, seed=args.seed)
@@ -69,14 +83,31 @@ def cmd_train(args) -> dict:
     if args.z_dim is not None or args.widths is not None or not args.resume:
         size = int(open_cache(args.run).attrs["size"])
         model_cfg = ModelConfig(size=size, z_dim=args.z_dim or ModelConfig.z_dim, widths=args.widths or ModelConfig().widths)
-    return train(args.run, cfg, model_cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    kwargs = {"resume": args.resume, "overwrite": args.overwrite, "progress": not args.quiet,
+              "rank_timeout": args.rank_timeout}
+    if args.nproc > 1:
+        from engine.model.launch import train_call
+
+        if args.batch_size % args.nproc:
+            raise ValueError(f"--batch-size {args.batch_size} does not split over {args.nproc} ranks: pass a multiple "
+                             f"of {args.nproc} (it is the global batch; each rank takes batch-size / ranks)")
+
+        return _on_ranks("train", train_call(cfg, model_cfg, run_dir=str(args.run), **kwargs), args)
+    from engine.model.train import train
+
+    return train(args.run, cfg, model_cfg, **kwargs)
 
 
 def cmd_encode(args) -> dict:
-    from engine.model.encode import encode
+    kwargs = {"run_dir": str(args.run), "checkpoint": args.checkpoint, "batch_size": args.batch_size,
+              "device": args.device, "precision": args.precision, "progress": not args.quiet,
+              "overwrite": args.overwrite, "rank_timeout": args.rank_timeout}
+    if args.nproc > 1:
+        attrs = _on_ranks("encode", kwargs, args)
+    else:
+        from engine.model.encode import encode
 
-    attrs = encode(args.run, checkpoint=args.checkpoint, batch_size=args.batch_size, device=args.device,
-                   precision=args.precision, progress=not args.quiet, overwrite=args.overwrite)
+        attrs = encode(**kwargs)
     return {k: attrs[k] for k in ("n", "z_dim", "checkpoint", "checkpoint_sha256", "seconds", "images_per_second") if k in attrs}
 
 
@@ -84,7 +115,7 @@ def cmd_run(args) -> None:
     from engine.pipeline import run
 
     res = run(args.run, source=args.source, quick=args.quick, device=args.device, progress=not args.quiet,
-              until=args.until, epochs=args.epochs, size=args.size, z_dim=args.z_dim, batch_size=args.batch_size,
+              until=args.until, nproc=args.nproc, epochs=args.epochs, size=args.size, z_dim=args.z_dim, batch_size=args.batch_size,
               k=args.k, tsne_n=args.tsne_n, compare_n=args.compare_n, facemap_n=args.facemap_n, seed=args.seed)
     print(f"\nzspace run --run {args.run}")
     for stage, secs in res["seconds"].items():
@@ -229,6 +260,16 @@ def _verb_adder(sub):
     return verb
 
 
+def _ranks_args(sp) -> None:
+    sp.add_argument("--nproc", type=_positive_int, default=1,
+                    help="ranks on this machine, started by torchrun's standalone launcher (default 1: this process); "
+                         "one GPU per rank on CUDA (nccl), CPU ranks otherwise (gloo). Across machines run "
+                         "'torchrun ... --no-python zspace VERB ...' instead (README)")
+    sp.add_argument("--rank-timeout", type=float, default=RANK_TIMEOUT_S, metavar="SECONDS",
+                    help=f"with several ranks: a rank waiting longer than this for a lost one fails "
+                         f"(default {RANK_TIMEOUT_S:g})")
+
+
 def _data_and_model_verbs(verb) -> None:
     sp = verb("prepare", cmd_prepare, STAGES["prepare"].summary)
     sp.add_argument("source", metavar="SOURCE", help="CelebA root, image folder, or synthetic:N[:SEED]")
@@ -239,7 +280,9 @@ def _data_and_model_verbs(verb) -> None:
 
     sp = verb("train", cmd_train, STAGES["train"].summary)
     sp.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs, help=f"total epochs (default {TrainConfig.epochs}, as in the study)")
-    sp.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size, help=f"images per optimisation step (default {TrainConfig.batch_size})")
+    sp.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size,
+                    help=f"images per optimisation step over all ranks, the global batch (default "
+                         f"{TrainConfig.batch_size}); with N ranks each takes batch-size / N, so it must divide")
     sp.add_argument("--lr", type=float, default=TrainConfig.lr, help=f"Adam learning rate (default {TrainConfig.lr:g})")
     sp.add_argument("--z-dim", type=_positive_int, default=None, help=f"latent dimension (default {ModelConfig.z_dim})")
     sp.add_argument("--widths", type=_widths, default=None, help=f"conv channels of the 4 encoder layers (default {','.join(map(str, ModelConfig().widths))})")
@@ -248,8 +291,9 @@ def _data_and_model_verbs(verb) -> None:
                     help="auto: bf16 (or fp16 + GradScaler) autocast on CUDA, fp32 on CPU")
     sp.add_argument("--device", default=TrainConfig.device, help="auto, cpu, cuda or cuda:N")
     sp.add_argument("--seed", type=int, default=TrainConfig.seed)
-    sp.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    sp.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt (with any --nproc)")
     sp.add_argument("--overwrite", action="store_true", help="discard existing checkpoints and start over")
+    _ranks_args(sp)
 
     sp = verb("encode", cmd_encode, STAGES["encode"].summary)
     sp.add_argument("--checkpoint", default=EncodeConfig.checkpoint, help="default RUN/checkpoints/best.pt (else last.pt)")
@@ -257,6 +301,7 @@ def _data_and_model_verbs(verb) -> None:
     sp.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=EncodeConfig.precision)
     sp.add_argument("--overwrite", action="store_true", help="replace latents brought in with import-latents")
     sp.add_argument("--device", default=EncodeConfig.device)
+    _ranks_args(sp)
     sp = verb("import-latents", cmd_import_latents, "bring your own (N, D) latents: .npy, .npz or .zarr -> RUN/latents.zarr")
     sp.add_argument("file", metavar="FILE", help=".npy, .npz (array 'z' or the first) or Zarr array/group with 'z'")
     sp.add_argument("--drop-nonfinite", action="store_true", help="drop and count rows with NaN/inf instead of failing")
@@ -356,6 +401,8 @@ def _run_verbs(verb, sub) -> None:
                     help="z-points per face-map probe family (study 4,000, quick 400)")
     sp.add_argument("--seed", type=int, default=None, help="seed of every stage (default 0)")
     sp.add_argument("--device", default=TrainConfig.device)
+    sp.add_argument("--nproc", type=_positive_int, default=1,
+                    help="ranks of train and encode on this machine (torchrun's standalone launcher; default 1)")
 
     sp = verb("report", cmd_report, STAGES["report"].summary)
     sp = verb("verify", cmd_verify, "check every store, checkpoint and output of RUN; say what is damaged and what "
@@ -395,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _lock(args):
     """The run directory's lock for verbs that write it (none for a directory a typo names: the verb explains)."""
     creates = args.verb in ("prepare", "import-latents", "run")
+    if _rank_env() not in (None, 0):  # under torchrun rank 0 holds it for the job
+        return contextlib.nullcontext()
     if args.verb in WRITERS and (creates or Path(args.run).is_dir()):
         return run_lock(args.run, args.verb)
     return contextlib.nullcontext()
@@ -402,24 +451,39 @@ def _lock(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    rank = _rank_env()  # under torchrun: rank 0 speaks for the job, the others only warn
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet or rank else logging.INFO
+    if rank:
+        args.quiet = True
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("faiss", "openTSNE", "numba", "matplotlib", "PIL"):  # their INFO lines say nothing to a user
+    for noisy in ("faiss", "openTSNE", "numba", "matplotlib", "PIL", "torch.distributed"):  # their INFO lines say nothing to a user
         logging.getLogger(noisy).setLevel(level if args.verbose else max(level, logging.WARNING))
     try:
+        if rank is not None and args.verb not in RANKED:
+            raise ValueError(f"zspace {args.verb} runs in one process; under torchrun only {' and '.join(RANKED)} "
+                             f"run (zspace run --nproc N spreads those two and runs the rest in one process)")
         with _lock(args):
             result = args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         logging.getLogger("zspace").debug("error", exc_info=True)
-        print(f"zspace {args.verb}: error: {exc}", file=sys.stderr)
+        if rank is not None:  # where torchrun's agent reads a rank's error
+            from engine.model.launch import record_failure
+
+            record_failure(exc)
+        print(f"zspace {args.verb}{'' if rank is None else f' (rank {rank})'}: error: {exc}", file=sys.stderr)
         return 2
+    except RankFailed as exc:
+        if exc.detail:
+            print(exc.detail, file=sys.stderr)
+        print(f"zspace {args.verb}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         again = "rerun it with --resume to continue" if args.verb == "train" else "rerun the same command to resume"
         print(f"\nzspace {args.verb}: interrupted; {again}", file=sys.stderr)
         return 130
     if isinstance(result, int):  # a verb that printed its own answer and chose its exit code
         return result
-    if result is not None:
+    if result is not None and not rank:
         print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -6,12 +6,13 @@ from collections.abc import Callable
 
 from bench.results import Row
 from bench.stages_analysis import stage_kernels, stage_knn, stage_local_pca, stage_stats, stage_tsne
-from bench.stages_data import stage_encode, stage_prepare, stage_train_feed
+from bench.stages_data import stage_encode, stage_prepare, stage_train_feed, stage_train_ranks
 from engine.stages import STAGES as PIPELINE_STAGES
 
 STAGES: dict[str, Callable[[dict], list[Row]]] = {
     "prepare": stage_prepare,
     "train_feed": stage_train_feed,
+    "train_ranks": stage_train_ranks,
     "encode": stage_encode,
     "kernels": stage_kernels,
     "stats": stage_stats,
@@ -19,11 +20,11 @@ STAGES: dict[str, Callable[[dict], list[Row]]] = {
     "local_pca": stage_local_pca,
     "tsne": stage_tsne,
 }
-NEED_IMAGES = {"prepare", "train_feed", "encode"}  # the stages that read ctx["images"]
+NEED_IMAGES = {"prepare", "train_feed", "train_ranks", "encode"}  # the stages that read ctx["images"]
 
 # which stage of the pipeline's table (engine/stages.py) each bench stage measures
 MEASURES: dict[str, str] = {
-    "prepare": "prepare", "train_feed": "train", "encode": "encode", "kernels": "stats", "stats": "stats",
+    "prepare": "prepare", "train_feed": "train", "train_ranks": "train", "encode": "encode", "kernels": "stats", "stats": "stats",
     "knn": "structure", "local_pca": "structure", "tsne": "tsne",
 }
 if set(MEASURES.values()) - set(PIPELINE_STAGES) or set(MEASURES) != set(STAGES):

@@ -35,6 +35,7 @@ from engine.layout import cache_path, checkpoints_dir, latents_path
 from engine.model.checkpoint import CheckpointError, nonfinite_weights, read_checkpoint
 from engine.model.config import ModelConfig, TrainConfig
 from engine.model.encode import encode
+from engine.model.launch import launch, train_call
 from engine.model.train import train
 from engine.report.page import write_report
 from engine.stages import STAGE_NAMES, TABLE
@@ -119,15 +120,21 @@ def _save_state(run: Path, state: dict) -> None:
     write_json_atomic(run / STATE_FILE, state)  # an interrupt never leaves half a file
 
 
-def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, progress: bool):
-    """Call stage ``name`` of the table with the profile's options."""
+def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, progress: bool, nproc: int = 1):
+    """Call stage ``name`` of the table with the profile's options; train and encode on ``nproc`` ranks."""
     if name == "prepare":
         return prepare(p.source, run, size=p.size, overwrite=fresh, progress=progress)
     if name == "train":
         cfg = TrainConfig(epochs=p.epochs, batch_size=p.batch_size, device=device, seed=p.seed)
-        return train(run, cfg, ModelConfig(size=p.size, z_dim=p.z_dim), resume=not fresh, overwrite=fresh,
-                     progress=progress)
+        mcfg, kwargs = ModelConfig(size=p.size, z_dim=p.z_dim), {"resume": not fresh, "overwrite": fresh}
+        if nproc > 1:
+            return launch("train", train_call(cfg, mcfg, run_dir=str(run), progress=progress, **kwargs), nproc,
+                          quiet=not progress)
+        return train(run, cfg, mcfg, progress=progress, **kwargs)
     if name == "encode":
+        if nproc > 1:
+            return launch("encode", {"run_dir": str(run), "device": device, "progress": progress}, nproc,
+                          quiet=not progress)
         return encode(run, device=device, progress=progress)
     if name == "stats":
         return compute_stats(run, progress=progress)
@@ -157,9 +164,12 @@ def run(
     device: str = "auto",
     progress: bool = True,
     until: str | None = None,
+    nproc: int = 1,
     **overrides,
 ) -> dict:
     """Run every stage (up to ``until``) into ``run_dir``; returns timings and where the report is.
+
+    ``nproc``: ranks of train and encode (torchrun on this machine; not part of a stage's key).
 
     ``overrides``: any :class:`Profile` field (epochs, size, z_dim, batch_size, k,
     tsne_n, compare_n, facemap_n, seed); None keeps the profile's value.
@@ -194,7 +204,7 @@ def run(
         done[name] = {"key": keys[name], "options": options[name], "finished": None, "fresh": fresh}
         _save_state(run, state)
         t0 = time.perf_counter()
-        _stage_call(name, run, p, fresh, device, progress)
+        _stage_call(name, run, p, fresh, device, progress, nproc)
         timings[name] = round(time.perf_counter() - t0, 2)
         done[name] = {"key": keys[name], "options": options[name], "seconds": timings[name],
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}

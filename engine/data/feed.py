@@ -6,11 +6,15 @@ train split at 96x96 is 4.5 GB of uint8); otherwise blocks of chunks are read
 in a shuffled order, shuffled inside, and the next block is read in a
 background thread while the current one trains. The order of epoch ``e`` is a
 pure function of (seed, e), so a resumed run sees the same batches.
+
+With several ranks (``share=(rank, ranks)``) every rank computes the same
+global batches and reads only its contiguous part of each, batch / ranks rows.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,9 +58,15 @@ class BatchFeed:
         drop_last: bool = True,
         in_memory: bool | None = None,
         block_chunks: int = 32,
+        share: tuple[int, int] = (0, 1),
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rank, world = share
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} does not split over {world} ranks: pass a multiple of {world} "
+                             f"(--batch-size is the global batch, each rank takes batch-size / ranks)")
+        self.share = (rank, world)
         self.images = images
         self.rows = np.sort(np.asarray(rows, np.int64))
         self.batch_size = batch_size
@@ -64,8 +74,8 @@ class BatchFeed:
         self.shuffle = shuffle
         self.drop_last = drop_last
         nbytes = len(self.rows) * int(np.prod(images.shape[1:]))
-        if in_memory is None:
-            in_memory = nbytes < 0.4 * psutil.virtual_memory().available
+        if in_memory is None:  # every rank of this machine keeps its own copy
+            in_memory = nbytes * int(os.environ.get("LOCAL_WORLD_SIZE", 1)) < 0.4 * psutil.virtual_memory().available
         self.in_memory = in_memory
         self.block_rows = images.chunks[0] * block_chunks
         self._data = read_rows(images, self.rows) if in_memory else None
@@ -75,20 +85,19 @@ class BatchFeed:
         n, b = len(self.rows), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def epoch(self, epoch: int) -> Iterator[np.ndarray]:
+    def _mine(self, batch: np.ndarray) -> np.ndarray:
+        """This rank's contiguous part of a global batch (all of it for one process)."""
+        rank, world = self.share
+        part = -(-len(batch) // world)
+        return batch[rank * part : (rank + 1) * part]
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Positions in ``rows`` (in memory) or cache rows (streamed) of epoch ``epoch``, batch after batch:
+        a pure function of (seed, epoch), the same on every rank."""
         rng = np.random.default_rng([self.seed, epoch])
-        b = self.batch_size
         if self._data is not None:
             n = len(self._data)
-            order = rng.permutation(n) if self.shuffle else np.arange(n)
-            stop = n // b * b if self.drop_last else n
-            for i in range(0, stop, b):
-                # sorted gather is kinder to the cache; the batch's content is what counts
-                yield self._data[np.sort(order[i : i + b])]
-            return
-        yield from self._stream(rng)
-
-    def _stream(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+            return rng.permutation(n) if self.shuffle else np.arange(n)
         starts = np.arange(0, self.images.shape[0], self.block_rows)
         if self.shuffle:
             starts = rng.permutation(starts)
@@ -96,20 +105,40 @@ class BatchFeed:
         for s in starts:
             lo, hi = np.searchsorted(self.rows, [s, s + self.block_rows])
             if hi > lo:
-                blocks.append(self.rows[lo:hi])
-        carry = np.empty((0, *self.images.shape[1:]), self.images.dtype)
+                block = self.rows[lo:hi]
+                blocks.append(block[rng.permutation(len(block))] if self.shuffle else block)
+        return np.concatenate(blocks) if blocks else np.empty(0, np.int64)
+
+    def epoch(self, epoch: int) -> Iterator[np.ndarray]:
+        """This rank's part of each batch of epoch ``epoch``."""
+        order = self.order(epoch)
         b = self.batch_size
+        stop = len(order) // b * b if self.drop_last else len(order)
+        if self._data is not None:
+            for i in range(0, stop, b):
+                # sorted gather is kinder to the cache; the batch's content is what counts
+                yield self._data[self._mine(np.sort(order[i : i + b]))]
+            return
+        yield from self._stream([self._mine(order[i : i + b]) for i in range(0, stop, b)])
+
+    def _stream(self, batches: list[np.ndarray]) -> Iterator[np.ndarray]:
+        """Read this rank's rows of about one block of batches at a time, the next in a background thread."""
+        per_read = max(1, self.block_rows // self.batch_size)
+        groups = [batches[i : i + per_read] for i in range(0, len(batches), per_read)]
+
+        def read(group):
+            rows = np.concatenate(group)
+            sorter = np.argsort(rows, kind="stable")
+            data = np.empty((len(rows), *self.images.shape[1:]), self.images.dtype)
+            data[sorter] = read_rows(self.images, rows[sorter])
+            return data
+
         with ThreadPoolExecutor(1) as pool:
-            nxt = pool.submit(read_rows, self.images, blocks[0]) if blocks else None
-            for k in range(len(blocks)):
+            nxt = pool.submit(read, groups[0]) if groups else None
+            for k, group in enumerate(groups):
                 data = nxt.result()
-                nxt = pool.submit(read_rows, self.images, blocks[k + 1]) if k + 1 < len(blocks) else None
-                if self.shuffle:
-                    data = data[rng.permutation(len(data))]
-                data = np.concatenate([carry, data]) if len(carry) else data
-                full = len(data) // b * b
-                for i in range(0, full, b):
-                    yield data[i : i + b]
-                carry = data[full:]
-        if len(carry) and not self.drop_last:
-            yield carry
+                nxt = pool.submit(read, groups[k + 1]) if k + 1 < len(groups) else None
+                pos = 0
+                for batch in group:
+                    yield data[pos : pos + len(batch)]
+                    pos += len(batch)

@@ -7,9 +7,12 @@ A checkpoint is a dict: ``model`` (state dict), ``optimizer``, ``scaler``, ``epo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -39,20 +42,47 @@ def _replace_synced(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+HELD_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGTERM, SIGINT and SIGHUP wait until the write is done, then act as they would have (torchrun ends the
+    ranks of a failed job with SIGTERM; a write they cut would leave a temporary file behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    old = {s: signal.signal(s, lambda sig, frame: held.append(sig)) for s in HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(held):
+            signal.raise_signal(s)
+
+
+def _atomic(write, path: Path) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, fsync, rename; the temporary file goes on failure."""
+    tmp = path.with_suffix(".tmp")
+    with _signals_held():
+        try:
+            write(tmp)
+            _replace_synced(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, rename: never half a checkpoint."""
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    _replace_synced(tmp, path)
+    _atomic(lambda tmp: torch.save(obj, tmp), Path(path))
 
 
 def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Copy ``src`` over ``dst`` atomically (``best.pt`` from ``last.pt``)."""
-    dst = Path(dst)
-    tmp = dst.with_suffix(".tmp")
-    shutil.copyfile(src, tmp)
-    _replace_synced(tmp, dst)
+    _atomic(lambda tmp: shutil.copyfile(src, tmp), Path(dst))
 
 
 class CheckpointError(ValueError):

@@ -39,6 +39,7 @@ class ModelConfig:
 
 
 LOSSES = ("bce", "mse")
+RANK_TIMEOUT_S = 600.0  # with several ranks, a collective that waits longer than this on a lost rank fails
 
 
 @dataclass
@@ -76,3 +77,12 @@ class EncodeConfig:
     batch_size: int | None = None  # None: 64 on CPU (cache-sized activations were fastest there), 1024 on CUDA
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+class RankFailed(RuntimeError):
+    """A rank of a ``--nproc`` job failed; the message names the rank(s) and the cause (engine.model.launch)."""
+
+    def __init__(self, message: str, exit_code: int = 1, detail: str = ""):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.detail = detail  # the failed rank's traceback when the error was not a user's

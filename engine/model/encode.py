@@ -8,9 +8,14 @@ Layout (the latent-store contract, see README "Outputs" and engine.layout):
   attrs      checkpoint sha256, source and preprocessing, z_dim, resume state
 
 Images are read one chunk-aligned block at a time and written as whole Z
-chunks, so memory is bounded by one block whatever N is. ``rows_done`` is
-saved after each block; an interrupted encode resumes there, and a finished
-one with the same checkpoint does nothing.
+chunks, so memory is bounded by one block whatever N is. ``chunks_done`` (the
+row chunks written) is saved after each block; an interrupted encode resumes
+with the others, and a finished one with the same checkpoint does nothing.
+
+Under torchrun (``--nproc N``) the chunks still to do are split into N
+contiguous ranges, one per rank; ranks write their own chunks (never one
+another's), and after each round of blocks rank 0, the only one that touches
+the attributes, records every rank's. A resumed encode may use any N.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +38,9 @@ from engine.files import beside, file_sha256, swap_in
 from engine.layout import chunk_rows, default_checkpoint, latents_path
 from engine.model.autoencoder import to_input
 from engine.model.checkpoint import load_checkpoint, settle_replaced
-from engine.model.config import EncodeConfig
-from engine.model.precision import resolve_device, resolve_precision
+from engine.model.config import RANK_TIMEOUT_S, EncodeConfig
+from engine.model.precision import resolve_precision
+from engine.model.ranks import Ranks, all_gather, barrier, on_main, process_group
 from engine.stores import WRITE_ALL, missing_rows, open_partial
 
 logger = logging.getLogger(__name__)
@@ -87,7 +94,7 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
         z_dim=z_dim, n=n, source=cache.attrs["source"], size=int(cache.attrs["size"]),
         crop=cache.attrs["crop"], model=ckpt["config"]["model"], loss=ckpt["config"]["train"]["loss"],
         cache_fingerprint=cache.attrs.get("fingerprint"),
-        complete=False, rows_done=0, seconds=0.0,
+        complete=False, chunks_done=[], seconds=0.0,
     )
     return store, build
 
@@ -117,6 +124,7 @@ def encode(
     precision: str = EncodeConfig.precision,
     progress: bool = True,
     overwrite: bool = False,
+    rank_timeout: float = RANK_TIMEOUT_S,
 ) -> dict:
     """Write the latent of every image in the cache to ``RUN/latents.zarr``; returns its attributes.
 
@@ -124,58 +132,110 @@ def encode(
     ``batch_size`` defaults to 64 on CPU (cache-sized activations were fastest
     there) and 1024 on CUDA. Latents brought in with ``import-latents`` are
     replaced only with ``overwrite``; non-finite latents stop the encode before the
-    store is marked complete.
+    store is marked complete. Under torchrun every rank calls this (module docstring).
     """
     run = Path(run_dir)
-    settle_replaced(run, finished=False)  # a train --overwrite killed before its first checkpoint
-    cache = open_cache(run)
-    images = cache["images"]
-    n = images.shape[0]
-    checkpoint = Path(default_checkpoint(run) if checkpoint is None else checkpoint)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    model, ckpt = load_checkpoint(checkpoint, dev)
-    model = model.to(memory_format=torch.channels_last)
-    batch_size = batch_size or (1024 if dev.type == "cuda" else 64)
-    z_dim = model.config.z_dim
-    if model.config.size != images.shape[1]:
-        raise ValueError(f"checkpoint expects {model.config.size}px images, the cache holds {images.shape[1]}px")
+    with process_group(device, rank_timeout) as (ranks, dev):
+        if ranks.main:
+            settle_replaced(run, finished=False)  # a train --overwrite killed before its first checkpoint
+        barrier(ranks)
+        cache = open_cache(run)
+        checkpoint = Path(default_checkpoint(run) if checkpoint is None else checkpoint)
+        model, ckpt = load_checkpoint(checkpoint, dev)
+        _check_model(model, ckpt, cache, checkpoint, run)
+        out = latents_path(run)
+        sha = file_sha256(checkpoint)
+        build, complete = on_main(ranks, lambda: _open_or_finish(out, cache, checkpoint, ckpt, sha, overwrite))
+        if complete:
+            return dict(zarr.open_group(out, mode="r").attrs)
+        job = _Job(model.to(memory_format=torch.channels_last), dev, resolve_precision(precision, dev),
+                   batch_size or (1024 if dev.type == "cuda" else 64), checkpoint, out, ranks)
+        _encode_chunks(job, cache["images"], zarr.open_group(build, mode="r+"), progress and ranks.main)
+        if ranks.main and build != out:
+            swap_in(build, out)
+        barrier(ranks)
+        attrs = dict(zarr.open_group(out, mode="r").attrs)
+    logger.info("encoded %d images into %s (%d x %d) in %.1f s", attrs["n"], out, attrs["n"], attrs["z_dim"],
+                attrs["seconds"])
+    return attrs
+
+
+def _check_model(model, ckpt: dict, cache, checkpoint: Path, run: Path) -> None:
+    if model.config.size != cache["images"].shape[1]:
+        raise ValueError(f"checkpoint expects {model.config.size}px images, the cache holds {cache['images'].shape[1]}px")
     trained_on = ckpt["config"].get("data", {}).get("cache_fingerprint")
     if trained_on is not None and trained_on != cache.attrs.get("fingerprint"):
         raise ValueError(f"{checkpoint} was trained on another image cache (images.zarr was prepared again since): "
                          f"run 'zspace train --run {run} --overwrite' first")
-    out = latents_path(run)
-    store, build = _open_store(out, cache, checkpoint, ckpt, file_sha256(checkpoint), z_dim, overwrite)
-    if store.attrs.get("complete"):
-        if build != out:  # finished beside the old store, but the swap never happened
-            swap_in(build, out)
-            store = zarr.open_group(out, mode="r")
-        logger.info("%s is complete (%d x %d); nothing to do", out, n, z_dim)
-        return dict(store.attrs)
+
+
+def _open_or_finish(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, overwrite: bool) -> tuple[Path, bool]:
+    """(where the store is built, whether it is complete): rank 0 opens or creates it; a complete one built beside
+    the old store but never swapped in is swapped now."""
+    store, build = _open_store(out, cache, checkpoint, ckpt, sha, ckpt["config"]["model"]["z_dim"], overwrite)
+    if not store.attrs.get("complete"):
+        return build, False
+    if build != out:  # finished beside the old store, but the swap never happened
+        swap_in(build, out)
+    logger.info("%s is complete (%d x %d); nothing to do", out, store.attrs["n"], store.attrs["z_dim"])
+    return out, True
+
+
+@dataclass
+class _Job:
+    model: torch.nn.Module
+    dev: torch.device
+    prec: object
+    batch_size: int
+    checkpoint: Path
+    out: Path
+    ranks: Ranks
+
+
+def chunks_to_do(attrs: dict, n_rows: int, chunk: int) -> np.ndarray:
+    """Row chunks not yet recorded as written (stores of older zspace versions kept ``rows_done``)."""
+    done = set(attrs.get("chunks_done", []))
+    if "rows_done" in attrs and "chunks_done" not in attrs:
+        done = set(range(-(-int(attrs["rows_done"]) // chunk)))
+    return np.array([c for c in range(-(-n_rows // chunk)) if c not in done], np.int64)
+
+
+def _encode_chunks(job: _Job, images, store: zarr.Group, progress: bool) -> None:
+    """Encode this rank's share of the chunks still to do, in rounds of one block per rank; rank 0 records
+    each round's chunks, and marks the store complete after the last."""
+    ranks = job.ranks
     # reopened handles forget write_empty_chunks: give it back, so every chunk lands on disk
     z_arr, mse_arr = store["z"].with_config(WRITE_ALL), store["recon_mse"].with_config(WRITE_ALL)
-    rows = z_arr.chunks[0]  # whole chunks per write: a resumed encode never rewrites a finished chunk
-    done = int(store.attrs["rows_done"])
-    seconds = float(store.attrs["seconds"])
+    n, rows = z_arr.shape[0], z_arr.chunks[0]
+    todo = chunks_to_do(dict(store.attrs), n, rows)
+    mine = np.array_split(todo, ranks.world)[ranks.rank]  # contiguous, disjoint row ranges
+    n_chunks = -(-n // rows)
+    done, seconds = sorted(set(range(n_chunks)) - set(todo.tolist())), float(store.attrs["seconds"])
     if done:
-        logger.info("resuming encode at row %d of %d", done, n)
+        logger.info("resuming encode: %d of %d chunks written", len(done), n_chunks)
     t0 = time.perf_counter()
-    bar = tqdm(total=n, initial=done, unit="img", desc="encode", disable=None if progress else True, smoothing=0.1)
-    for start in range(done, n, rows):
-        stop = min(start + rows, n)
-        zs, mse = encode_block(model, images[start:stop], dev, prec, batch_size)
-        if not np.isfinite(zs).all():
-            bad = start + int(np.flatnonzero(~np.isfinite(zs).all(axis=1))[0])
-            raise ValueError(f"{checkpoint} gives non-finite latents (first at row {bad}); {out} stays incomplete: "
-                             f"retrain with a lower --lr")
-        z_arr[start:stop], mse_arr[start:stop] = zs, mse
-        store.attrs.update(rows_done=stop, seconds=seconds + time.perf_counter() - t0)
-        bar.update(stop - start)
+    bar = tqdm(total=n, initial=n - sum(min(rows, n - c * rows) for c in todo), unit="img", desc="encode",
+               disable=None if progress else True, smoothing=0.1)
+    for step in range(-(-len(todo) // ranks.world)):
+        report = None
+        if step < len(mine):
+            c = int(mine[step])
+            start, stop = c * rows, min((c + 1) * rows, n)
+            zs, mse = encode_block(job.model, images[start:stop], job.dev, job.prec, job.batch_size)
+            finite = np.isfinite(zs).all(axis=1)
+            report = (c, stop - start, None if finite.all() else start + int(np.flatnonzero(~finite)[0]))
+            if report[2] is None:
+                z_arr[start:stop], mse_arr[start:stop] = zs, mse
+        reports = [r for r in all_gather(ranks, report) if r is not None]
+        bad = [r[2] for r in reports if r[2] is not None]
+        if bad:
+            raise ValueError(f"{job.checkpoint} gives non-finite latents (first at row {min(bad)}); {job.out} stays "
+                             f"incomplete: retrain with a lower --lr")
+        done += [r[0] for r in reports]
+        if ranks.main:
+            store.attrs.update(chunks_done=sorted(done), seconds=seconds + time.perf_counter() - t0)
+        bar.update(sum(r[1] for r in reports))
     bar.close()
     total = seconds + time.perf_counter() - t0
-    store.attrs.update(complete=True, seconds=total, images_per_second=n / max(total, 1e-9), key=uuid.uuid4().hex)
-    if build != out:
-        swap_in(build, out)
-        store = zarr.open_group(out, mode="r")
-    logger.info("encoded %d images into %s (%d x %d) in %.1f s", n, out, n, z_dim, total)
-    return dict(store.attrs)
+    if ranks.main:
+        store.attrs.update(complete=True, seconds=total, images_per_second=n / max(total, 1e-9), key=uuid.uuid4().hex)

@@ -11,6 +11,13 @@ Writes, under RUN:
 Resuming loads last.pt and continues; since batch order is a function of
 (seed, epoch) and the RNG state is restored, the result equals an
 uninterrupted run with the same seed.
+
+Under torchrun (``zspace train --nproc N``, or an external ``torchrun`` over
+several machines) every rank runs this same code: the model is wrapped in
+``DistributedDataParallel`` with batch norm synchronised over ranks, each rank
+trains on its part (batch / N rows) of the same global batch, and rank 0 alone
+writes. A checkpoint holds the plain model's state, so it resumes with any
+number of ranks.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from engine.data.feed import BatchFeed, read_rows
@@ -47,8 +55,17 @@ from engine.model.checkpoint import (
     set_rng_state,
     settle_replaced,
 )
-from engine.model.config import ModelConfig, TrainConfig
-from engine.model.precision import resolve_device, resolve_precision
+from engine.model.config import RANK_TIMEOUT_S, ModelConfig, TrainConfig
+from engine.model.precision import resolve_precision
+from engine.model.ranks import (
+    Ranks,
+    all_sum,
+    barrier,
+    on_main,
+    process_group,
+    sync_batchnorm,
+    unwrap,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,18 +98,19 @@ def train_step(model, opt, scaler, precision, loss: str, x: torch.Tensor) -> tor
 
 
 @torch.no_grad()
-def evaluate(model, feed: BatchFeed, cfg: TrainConfig, device, precision, channels_last) -> float:
-    """Mean per-pixel loss over every row of ``feed`` in eval mode."""
+def evaluate(model, feed: BatchFeed, cfg: TrainConfig, device, precision, channels_last,
+             ranks: Ranks = Ranks()) -> float:
+    """Mean per-pixel loss over every row of ``feed`` (each rank's feed holds its part) in eval mode."""
     model.eval()
-    total = torch.zeros((), device=device, dtype=torch.float64)
-    n = 0
+    total = torch.zeros(2, device=device, dtype=torch.float64)
     for batch in feed.epoch(0):
         x = to_input(batch, device, channels_last)
         with precision.autocast():
             logits, _ = model(x)
-        total += per_image_loss(cfg.loss, logits, x).double().sum()
-        n += len(batch)
-    return float(total.item() / max(n, 1))
+        total[0] += per_image_loss(cfg.loss, logits, x).double().sum()
+        total[1] += len(batch)
+    total = all_sum(ranks, total)
+    return float(total[0].item() / max(total[1].item(), 1))
 
 
 @torch.no_grad()
@@ -145,8 +163,9 @@ def _prepare_dirs(run: Path, mcfg: ModelConfig, explicit_model: bool, resume: bo
     return ckpt, mcfg
 
 
-def _feeds(cache, cfg: TrainConfig, device: torch.device):
-    """(train feed, validation feed, fixed grid images) from the cache's split."""
+def _feeds(cache, cfg: TrainConfig, device: torch.device, ranks: Ranks = Ranks()):
+    """(train feed, validation feed, fixed grid images, validation rows) from the cache's split; with several ranks each feed
+    yields this rank's part: of every training batch, and a contiguous part of the validation rows."""
     images = cache["images"]
     split = cache["split"][:]
     train_rows = np.flatnonzero(split == TRAIN)
@@ -159,10 +178,12 @@ def _feeds(cache, cfg: TrainConfig, device: torch.device):
     grid_rows = np.flatnonzero(split == TEST)[: cfg.grid_images]
     if len(grid_rows) == 0:
         grid_rows = val_rows[: cfg.grid_images]
-    feed = BatchFeed(images, train_rows, cfg.batch_size, seed=cfg.seed, in_memory=cfg.in_memory)
-    val_batch = cfg.batch_size * (4 if device.type == "cuda" else 1)  # no gradients: larger batches fit
-    val_feed = BatchFeed(images, val_rows, val_batch, shuffle=False, drop_last=False, in_memory=cfg.in_memory)
-    return feed, val_feed, read_rows(images, grid_rows)
+    feed = BatchFeed(images, train_rows, cfg.batch_size, seed=cfg.seed, in_memory=cfg.in_memory,
+                     share=(ranks.rank, ranks.world))
+    val_batch = cfg.batch_size // ranks.world * (4 if device.type == "cuda" else 1)  # no gradients: larger fit
+    mine = np.array_split(val_rows, ranks.world)[ranks.rank]
+    val_feed = BatchFeed(images, mine, val_batch, shuffle=False, drop_last=False, in_memory=cfg.in_memory)
+    return feed, val_feed, read_rows(images, grid_rows), len(val_rows)
 
 
 # per-pixel loss of a model that outputs 0.5 everywhere: BCE ln 2; MSE at most 0.25 for pixels in [0, 1]
@@ -179,8 +200,9 @@ def _last_good(path: Path) -> str:
 
 
 def _train_epoch(model, opt, scaler, precision, feed: BatchFeed, epoch: int, cfg: TrainConfig, device,
-                 progress: bool, last_path: Path) -> tuple[float, int, float]:
-    """One pass over the train feed: (mean loss, images seen, seconds); ``TrainingDiverged`` on a non-finite loss."""
+                 progress: bool, last_path: Path, ranks: Ranks = Ranks()) -> tuple[float, int, float]:
+    """One pass over the train feed: (mean loss, images seen by all ranks, seconds); ``TrainingDiverged`` on a
+    non-finite loss (on any rank: every rank sees the sum, so all stop together)."""
     model.train()
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
@@ -190,18 +212,19 @@ def _train_epoch(model, opt, scaler, precision, feed: BatchFeed, epoch: int, cfg
     for step, batch in enumerate(bar):
         loss = train_step(model, opt, scaler, precision, cfg.loss, to_input(batch, device, cfg.channels_last))
         # every step on CPU (no sync to pay); at log intervals on CUDA, where .item() stalls the pipeline
-        if (device.type != "cuda" or step % cfg.log_every == 0) and not torch.isfinite(loss).item():
+        if (device.type != "cuda" or step % cfg.log_every == 0) and not torch.isfinite(all_sum(ranks, loss)).item():
             raise TrainingDiverged(f"training diverged: loss {loss.item()} at epoch {epoch}, step {step + 1}; "
                                    f"nothing of this epoch was saved ({_last_good(last_path)}); lower --lr and "
                                    f"rerun with --overwrite")
         loss_sum += loss * len(batch)
         seen += len(batch)
         if progress and step % cfg.log_every == 0:  # .item() syncs the device: only at log intervals
-            rate = seen / (time.perf_counter() - t0)
+            rate = seen * ranks.world / (time.perf_counter() - t0)
             bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}", refresh=False)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    mean_loss = float(loss_sum.item() / max(seen, 1))
+    total = all_sum(ranks, torch.stack([loss_sum.double(), torch.tensor(float(seen), device=device).double()]))
+    mean_loss, seen = float(total[0].item() / max(total[1].item(), 1)), int(total[1].item())
     if not math.isfinite(mean_loss) or nonfinite_weights(model.state_dict()):
         raise TrainingDiverged(f"training diverged in epoch {epoch} (mean loss {mean_loss}); nothing of this epoch "
                                f"was saved ({_last_good(last_path)}); lower --lr and rerun with --overwrite")
@@ -238,60 +261,96 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    rank_timeout: float = RANK_TIMEOUT_S,
 ) -> dict:
     """Train (or resume training) the autoencoder of ``run_dir``; returns the last log entry.
 
     A finished training (last.pt at ``config.epochs``) with ``resume`` is a no-op.
     Existing checkpoints without ``resume`` or ``overwrite`` are an error, so a
-    typo never discards a long training.
+    typo never discards a long training. Under torchrun every rank calls this;
+    ``config.batch_size`` is the global batch, split evenly over the ranks, and a
+    collective that waits more than ``rank_timeout`` seconds for a lost rank fails.
     """
     run = Path(run_dir)
     cfg = config or TrainConfig()
-    cache = open_cache(run)
-    size = int(cache.attrs["size"])
-    mcfg = model_config or ModelConfig(size=size)
-    if mcfg.size != size:
-        raise ValueError(f"model size {mcfg.size} does not match the image cache's size {size}")
-    ckpt, mcfg = _prepare_dirs(run, mcfg, model_config is not None, resume, overwrite, cache.attrs.get("fingerprint"))
-    try:
-        entry = _train_prepared(run, cache, cfg, mcfg, ckpt, progress)
-    except BaseException:
-        settle_replaced(run, finished=False)
-        raise
-    settle_replaced(run, finished=True)
+    with process_group(cfg.device, rank_timeout) as (ranks, device):
+        cache = open_cache(run)
+        size = int(cache.attrs["size"])
+        mcfg = model_config or ModelConfig(size=size)
+        if mcfg.size != size:
+            raise ValueError(f"model size {mcfg.size} does not match the image cache's size {size}")
+        if cfg.batch_size % ranks.world:
+            raise ValueError(f"--batch-size {cfg.batch_size} does not split over {ranks.world} ranks: pass a multiple "
+                             f"of {ranks.world} (it is the global batch; each rank takes batch-size / ranks)")
+        ckpt, mcfg = _settle_dirs(run, cache, mcfg, model_config is not None, resume, overwrite, ranks)
+        try:
+            entry = _train_prepared(run, cache, cfg, mcfg, ckpt, progress and ranks.main, ranks, device)
+        except BaseException:
+            if ranks.main:
+                settle_replaced(run, finished=False)
+            raise
+        if ranks.main:
+            settle_replaced(run, finished=True)
+        barrier(ranks)
     return entry
 
 
-def _train_prepared(run: Path, cache, cfg: TrainConfig, mcfg: ModelConfig, ckpt: dict | None, progress: bool) -> dict:
+def _settle_dirs(run: Path, cache, mcfg: ModelConfig, explicit_model: bool, resume: bool, overwrite: bool,
+                 ranks: Ranks) -> tuple[dict | None, ModelConfig]:
+    """``_prepare_dirs`` on rank 0 (it alone touches the directories); the other ranks then read the same
+    checkpoint, or raise the same error."""
+    box = {}
+
+    def prepare():
+        box["ckpt"], mcfg_ = _prepare_dirs(run, mcfg, explicit_model, resume, overwrite, cache.attrs.get("fingerprint"))
+        return box["ckpt"] is not None, mcfg_
+
+    has_ckpt, mcfg = on_main(ranks, prepare)
+    if ranks.main:
+        return box["ckpt"], mcfg
+    return (read_checkpoint(checkpoints_dir(run) / "last.pt") if has_ckpt else None), mcfg
+
+
+def _build(mcfg: ModelConfig, cfg: TrainConfig, ranks: Ranks, device: torch.device):
+    """(the model, Adam on its parameters): the same initial weights on every rank (seeded), batch norm
+    synchronised over ranks when there are several."""
+    torch.manual_seed(cfg.seed)
+    net = Autoencoder(mcfg).to(device)
+    if ranks.distributed:
+        net = sync_batchnorm(net, device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net, torch.optim.Adam(net.parameters(), lr=cfg.lr)
+
+
+def _train_prepared(run: Path, cache, cfg: TrainConfig, mcfg: ModelConfig, ckpt: dict | None, progress: bool,
+                    ranks: Ranks, device: torch.device) -> dict:
     """The training itself, once the directories are settled."""
     out_dir = stage_dir(run, "train")
     last_path, best_path = checkpoints_dir(run) / "last.pt", checkpoints_dir(run) / "best.pt"
-
-    device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    torch.manual_seed(cfg.seed)
-    model = Autoencoder(mcfg).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    net, opt = _build(mcfg, cfg, ranks, device)
     scaler = precision.scaler()
-    feed, val_feed, grid_images = _feeds(cache, cfg, device)
+    feed, val_feed, grid_images, n_val = _feeds(cache, cfg, device, ranks)
 
     log_path = out_dir / "log.jsonl"
-    start_epoch, best_val, history = _resume(ckpt, model, opt, scaler, log_path, cfg)
+    start_epoch, best_val, history = _resume(ckpt, net, opt, scaler, log_path, cfg)
     if start_epoch > cfg.epochs:
         logger.info("training already finished (%d epochs); nothing to do", start_epoch - 1)
         return history[-1] if history else {"epoch": start_epoch - 1}
-    write_text_atomic(log_path, "".join(json.dumps(h) + "\n" for h in history))
     full_config = {"model": mcfg.to_dict(), "train": asdict(cfg), "data": {"cache_fingerprint": cache.attrs.get("fingerprint")}}
-    write_json_atomic(out_dir / "config.json", {**full_config, "device": str(device), "precision": precision.name,
-                                                "channels_last": cfg.channels_last}, indent=2)
-    logger.info("training %d epochs on %d images (%d validation), device %s, precision %s, data %s", cfg.epochs,
-                len(feed.rows), len(val_feed.rows), device, precision.name,
-                "in memory" if feed.in_memory else "streamed from the cache")
-
+    if ranks.main:
+        write_text_atomic(log_path, "".join(json.dumps(h) + "\n" for h in history))
+        write_json_atomic(out_dir / "config.json", {**full_config, "device": str(device), "precision": precision.name,
+                                                    "channels_last": cfg.channels_last, "ranks": ranks.world}, indent=2)
+    logger.info("training %d epochs on %d images (%d validation), %s, precision %s, data %s", cfg.epochs,
+                len(feed.rows), n_val, f"{ranks.world} ranks of batch {cfg.batch_size // ranks.world} on {device.type}" if ranks.distributed
+                else f"device {device}", precision.name, "in memory" if feed.in_memory else "streamed from the cache")
+    model = net
+    if ranks.distributed:  # after loading: DDP starts every rank from rank 0's weights and buffers
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     loop = _Loop(model, opt, scaler, precision, feed, val_feed, grid_images, cfg, device, full_config, out_dir,
-                 last_path, best_path, progress)
+                 last_path, best_path, progress, ranks)
     return _run_epochs(loop, start_epoch, best_val, history)
 
 
@@ -299,7 +358,7 @@ def _train_prepared(run: Path, cache, cfg: TrainConfig, mcfg: ModelConfig, ckpt:
 class _Loop:
     """What every epoch of one training uses."""
 
-    model: Autoencoder
+    model: torch.nn.Module  # the Autoencoder, or DistributedDataParallel around it
     opt: torch.optim.Optimizer
     scaler: object
     precision: object
@@ -313,42 +372,50 @@ class _Loop:
     last_path: Path
     best_path: Path
     progress: bool
+    ranks: Ranks
 
 
 def _run_epochs(loop: _Loop, start_epoch: int, best_val: float, history: list[dict]) -> dict:
-    """Epochs ``start_epoch``..``cfg.epochs``: train, validate, checkpoint, log; returns the last log entry."""
-    model, opt, scaler, precision, cfg, device = loop.model, loop.opt, loop.scaler, loop.precision, loop.cfg, loop.device
-    feed, val_feed, grid_images, out_dir = loop.feed, loop.val_feed, loop.grid_images, loop.out_dir
-    last_path, best_path, full_config, progress = loop.last_path, loop.best_path, loop.full_config, loop.progress
-    log_path = out_dir / "log.jsonl"
+    """Epochs ``start_epoch``..``cfg.epochs``: train, validate; rank 0 checkpoints and logs. The last log entry."""
+    model, cfg, device, ranks = loop.model, loop.cfg, loop.device, loop.ranks
+    net = unwrap(model)
     entry = history[-1] if history else {}
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        train_loss, seen, train_seconds = _train_epoch(model, opt, scaler, precision, feed, epoch, cfg, device,
-                                                       progress, last_path)
-        val_loss = evaluate(model, val_feed, cfg, device, precision, cfg.channels_last)
+        train_loss, seen, train_seconds = _train_epoch(model, loop.opt, loop.scaler, loop.precision, loop.feed, epoch,
+                                                       cfg, device, loop.progress, loop.last_path, ranks)
+        val_loss = evaluate(net, loop.val_feed, cfg, device, loop.precision, cfg.channels_last, ranks)
         if not math.isfinite(val_loss) or val_loss > DIVERGED_FACTOR * GREY_LOSS[cfg.loss]:
             raise TrainingDiverged(f"training diverged: validation loss {val_loss:.4g} per pixel after epoch {epoch} "
                                    f"(predicting grey everywhere scores {GREY_LOSS[cfg.loss]:.3g}); nothing of this "
-                                   f"epoch was saved ({_last_good(last_path)}); lower --lr and rerun with --overwrite")
-        recon = reconstruct(model, grid_images, device, precision, cfg.channels_last)
-        save_image_grid(out_dir / f"recon_e{epoch:03d}.png", np.concatenate([grid_images, recon]), len(grid_images),
-                        scale=2)
+                                   f"epoch was saved ({_last_good(loop.last_path)}); lower --lr and rerun with "
+                                   f"--overwrite")
         improved = val_loss < best_val
         best_val = min(best_val, val_loss)
-        save_checkpoint({
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": epoch, "best_val": best_val, "val_loss": val_loss, "rng": rng_state(), "config": full_config,
-        }, last_path)
-        if improved:
-            copy_checkpoint(last_path, best_path)
         entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                  "images_per_second": seen / train_seconds, "seconds": time.perf_counter() - t0,
                  "train_seconds": train_seconds, "best": improved}
         history.append(entry)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        save_loss_curve(out_dir / "loss.png", history, cfg.loss)
+        if ranks.main:
+            _write_epoch(loop, net, entry, history, best_val)
         logger.info("epoch %d/%d  train %.5f  val %.5f  %.0f img/s  %.1f s%s", epoch, cfg.epochs, train_loss, val_loss,
-                    entry["images_per_second"], entry["seconds"], "  (best)" if improved else "")
+                    entry["images_per_second"], entry["seconds"], "  (best)" if entry["best"] else "")
     return entry
+
+
+def _write_epoch(loop: _Loop, net: Autoencoder, entry: dict, history: list[dict], best_val: float) -> None:
+    """Rank 0's files of a finished epoch: reconstructions, checkpoint(s), log line, loss curve."""
+    cfg, out_dir, epoch = loop.cfg, loop.out_dir, entry["epoch"]
+    recon = reconstruct(net, loop.grid_images, loop.device, loop.precision, cfg.channels_last)
+    save_image_grid(out_dir / f"recon_e{epoch:03d}.png", np.concatenate([loop.grid_images, recon]),
+                    len(loop.grid_images), scale=2)
+    save_checkpoint({
+        "model": net.state_dict(), "optimizer": loop.opt.state_dict(), "scaler": loop.scaler.state_dict(),
+        "epoch": epoch, "best_val": best_val, "val_loss": entry["val_loss"], "rng": rng_state(),
+        "config": loop.full_config,
+    }, loop.last_path)
+    if entry["best"]:
+        copy_checkpoint(loop.last_path, loop.best_path)
+    with open(out_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    save_loss_curve(out_dir / "loss.png", history, cfg.loss)
