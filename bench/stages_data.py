@@ -293,8 +293,13 @@ def stage_train_ranks(ctx) -> list[Row]:
         runs[name] = ctx["workdir"] / f"ranks_{name}"
         shutil.copytree(cache_run / "images.zarr", runs[name] / "images.zarr")
     cfg, mcfg = TrainConfig(epochs=1, batch_size=batch, device="cpu", seed=0), ModelConfig(size=size)
-    with PeakRSS() as mem:
-        launch("train", train_call(cfg, mcfg, run_dir=str(runs["two"]), progress=False), 2, quiet=True)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # the ranks' threads (the harness pins this process's to all cores)
+    try:
+        with PeakRSS() as mem:
+            launch("train", train_call(cfg, mcfg, run_dir=str(runs["two"]), progress=False), 2, quiet=True)
+    finally:
+        os.environ.pop("OMP_NUM_THREADS") if threads is None else os.environ.__setitem__("OMP_NUM_THREADS", threads)
     train(runs["one"], cfg, mcfg, progress=False)
     two, one = _train_log(runs["two"]), _train_log(runs["one"])
     params = sum(p.numel() for p in Autoencoder(mcfg).parameters())
@@ -302,7 +307,7 @@ def stage_train_ranks(ctx) -> list[Row]:
     steps = two["images_per_second"] * two["train_seconds"] / batch
     return [Row("train_ddp_cpu", f"1 epoch, {steps:.0f} steps of {batch}, {size}px, z 256",
                 two["train_seconds"], one["train_seconds"], "2 ranks x 1 thread (torchrun, gloo, DDP, sync BN)",
-                "1 process x 2 threads", f"{two['images_per_second']:,.0f} img/s", peak_mb=mem.mb,
+                f"1 process x {ctx['cores']} threads", f"{two['images_per_second']:,.0f} img/s", peak_mb=mem.mb,
                 notes=f"baseline {one['images_per_second']:,.0f} img/s; on 2 cores DDP cannot be faster, the row "
                       f"shows what correctness costs. Each step all-reduces the {grad_mb:.1f} MB fp32 gradient "
                       f"({params / 1e6:.2f} M parameters) plus 28 small batch-norm sums: over NVLink (~100 GB/s and more) that is "

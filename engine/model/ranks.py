@@ -8,10 +8,9 @@ nothing here talks to anyone. Backend ``nccl`` on CUDA (one GPU per rank, the
 one ``LOCAL_RANK`` names), ``gloo`` on CPU.
 
 Batch norm over ranks: on CUDA torch's ``SyncBatchNorm``; on CPU, where
-torch's refuses to run, ``CpuSyncBatchNorm`` computes the same statistics of
-the global batch with an ``all_reduce`` whose backward is the all-reduce of the
-gradients (as torch's own), so N ranks of batch B/N train as one process of
-batch B.
+torch's refuses to run, ``CpuSyncBatchNorm`` does the same arithmetic over
+gloo (one all-reduce per layer forward, one backward), so N ranks of batch B/N
+train as one process of batch B.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from engine.model.config import RANK_TIMEOUT_S
@@ -148,21 +148,52 @@ def _picklable(exc: BaseException) -> bool:
         return False
 
 
-class _AllSum(torch.autograd.Function):
-    """Sum over ranks whose gradient is the sum over ranks of the gradients (each rank's loss uses every rank's
-    input through the shared statistics)."""
+class _SyncBatchNorm(torch.autograd.Function):
+    """Batch norm over the batch of all ranks, forward and backward, with one all-reduce each way per layer
+    (the arithmetic of torch's CUDA ``SyncBatchNorm``).
+
+    Forward: each rank's mean and spread around it (two passes), combined in float64 by Chan et al.'s
+    pairwise formula (sums of n*mean and of M2 + n*mean^2), then the fused ``batch_norm`` kernel with those
+    statistics. Backward: the per-channel sums of dy and dy*(x - mean) are summed over ranks; the gradients
+    of weight and bias stay per rank (DDP averages them).
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = x.clone()
-        dist.all_reduce(out)
-        return out
+    def forward(ctx, x, weight, bias, eps: float, group):
+        xf = x.float()
+        c, n_local = xf.shape[1], xf.numel() // xf.shape[1]
+        mean_local = xf.mean((0, 2, 3))
+        m2_local = (xf - mean_local.view(1, -1, 1, 1)).square_().sum((0, 2, 3))
+        m64 = mean_local.double()
+        total = torch.cat([n_local * m64, m2_local.double() + n_local * m64.square(),
+                           torch.tensor([float(n_local)], dtype=torch.float64)])
+        dist.all_reduce(total, group=group)
+        n = total[-1]
+        mean64 = total[:c] / n
+        var64 = (total[c : 2 * c] / n - mean64.square()).clamp_min(0.0)
+        mean, var = mean64.float(), var64.float()
+        y = F.batch_norm(xf, mean, var, weight, bias, False, 0.0, eps)
+        ctx.save_for_backward(xf, weight, mean, torch.rsqrt(var + eps))
+        ctx.group, ctx.n, ctx.in_dtype = group, float(n), x.dtype
+        ctx.mark_non_differentiable(mean64, var64)
+        return y.to(x.dtype), mean64, var64
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        out = grad.clone()
-        dist.all_reduce(out)
-        return out
+    def backward(ctx, dy, _mean_grad, _var_grad):
+        xf, weight, mean, invstd = ctx.saved_tensors
+        dy = dy.float()
+        xmu = xf - mean.view(1, -1, 1, 1)
+        sum_dy, sum_dy_xmu = dy.sum((0, 2, 3)), (dy * xmu).sum((0, 2, 3))
+        grad_weight = sum_dy_xmu * invstd if weight is not None else None
+        grad_bias = sum_dy.clone() if weight is not None else None
+        both = torch.cat([sum_dy, sum_dy_xmu])
+        dist.all_reduce(both, group=ctx.group)
+        c = len(mean)
+        mean_dy, mean_dy_xmu = both[:c] / ctx.n, both[c:] / ctx.n
+        scale = invstd * (weight if weight is not None else 1.0)
+        xmu.mul_((invstd.square() * mean_dy_xmu).view(1, -1, 1, 1))
+        dx = dy.sub_(mean_dy.view(1, -1, 1, 1)).sub_(xmu).mul_(scale.view(1, -1, 1, 1))
+        return dx.to(ctx.in_dtype), grad_weight, grad_bias, None, None
 
 
 class CpuSyncBatchNorm(nn.BatchNorm2d):
@@ -173,27 +204,20 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
     is plain batch norm.
     """
 
+    group = None  # the process group of its all-reduces (None: all ranks)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        xf = x.float()
-        count = torch.tensor([float(xf.numel() // xf.shape[1])], dtype=torch.float32)
-        # two passes, as batch_norm itself: the mean first, then the spread around it (no E[x^2] - mean^2 loss)
-        stats = _AllSum.apply(torch.cat([xf.sum((0, 2, 3)), count]))
-        n = stats[-1]
-        mean = stats[:-1] / n
-        centred = xf - mean.view(1, -1, 1, 1)
-        var = _AllSum.apply(centred.square().sum((0, 2, 3))) / n
+        y, mean, var = _SyncBatchNorm.apply(x, self.weight, self.bias, self.eps, self.group)
         if self.track_running_stats:
+            n = x.numel() // x.shape[1] * dist.get_world_size(self.group)
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
-        y = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
-        if self.affine:
-            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return y.to(x.dtype).contiguous(memory_format=_memory_format(x))
+                self.running_mean.mul_(1 - m).add_(mean.float(), alpha=m)
+                self.running_var.mul_(1 - m).add_((var * (n / (n - 1))).float(), alpha=m)
+        return y.contiguous(memory_format=_memory_format(x))
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -202,21 +226,22 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` with every ``BatchNorm2d`` computing statistics over all ranks."""
+    """``model`` with every ``BatchNorm2d`` computing statistics over all ranks (call inside the process group)."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return _convert_cpu(model)
+    return _convert_cpu(model, None)
 
 
-def _convert_cpu(module: nn.Module) -> nn.Module:
+def _convert_cpu(module: nn.Module, group) -> nn.Module:
     if type(module) is nn.BatchNorm2d:
         new = CpuSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                module.track_running_stats)
         new.load_state_dict(module.state_dict())
         new.train(module.training)
+        new.group = group
         return new
     for name, child in module.named_children():
-        module.add_module(name, _convert_cpu(child))
+        module.add_module(name, _convert_cpu(child, group))
     return module
 
 
