@@ -163,10 +163,19 @@ def cmd_import_latents(args) -> dict:
     return {k: attrs[k] for k in ("n", "z_dim", "dropped_nonfinite", "source")}
 
 
+def _cluster(args):
+    """The Dask cluster of ``--dask`` for the duration of the verb (a null context without it)."""
+    from engine.analysis.cluster import open_cluster
+
+    return open_cluster(args.dask, progress=not args.quiet)
+
+
 def cmd_stats(args) -> dict:
     from engine.analysis.stats import compute_stats
 
-    res = compute_stats(args.run, StatsConfig(bin_width=args.bin_width, write_pca=not args.no_pca), progress=not args.quiet)
+    with _cluster(args) as cluster:
+        res = compute_stats(args.run, StatsConfig(bin_width=args.bin_width, write_pca=not args.no_pca),
+                            progress=not args.quiet, cluster=cluster)
     return {
         "stats": str(STAGES["stats"].output_path(args.run)),
         "n": res["n"], "d": res["d"], "dominant": res["dominant"],
@@ -270,6 +279,13 @@ def _ranks_args(sp) -> None:
                          f"(default {RANK_TIMEOUT_S:g})")
 
 
+def _dask_arg(sp) -> None:
+    sp.add_argument("--dask", default=None, metavar="ADDRESS|local:N",
+                    help="run the row blocks as tasks on a Dask cluster: a scheduler's address (tcp://host:8786) or "
+                         "local:N worker processes started for this command; the run directory must be on storage "
+                         "every worker reads (needs pip install -e '.[dask]')")
+
+
 def _data_and_model_verbs(verb) -> None:
     sp = verb("prepare", cmd_prepare, STAGES["prepare"].summary)
     sp.add_argument("source", metavar="SOURCE", help="CelebA root, image folder, or synthetic:N[:SEED]")
@@ -313,6 +329,7 @@ def _analysis_verbs(verb) -> None:
     sp.add_argument("--bin-width", type=float, default=StatsConfig.bin_width,
                     help=f"number-density bin width (default {StatsConfig.bin_width:g}, as in the study)")
     sp.add_argument("--no-pca", action="store_true", help="do not write PCA coordinates into latents.zarr")
+    _dask_arg(sp)
 
     sp = verb("structure", cmd_structure, STAGES["structure"].summary)
     sp.add_argument("--k", type=_positive_int, default=StructureConfig.k, help=f"neighbours per point (default {StructureConfig.k})")

@@ -25,7 +25,7 @@ import numpy as np
 
 from kernels.checks import check_rows
 
-__all__ = ["knn_self_join", "tile_pairs"]
+__all__ = ["knn_cross_join", "knn_self_join", "merge_neighbours", "tile_pairs"]
 
 ROW_TILE = 2048  # rows of one tile; the sgemm is (ROW_TILE, D) x (D, COL_TILE)
 COL_TILE = 8192
@@ -221,6 +221,31 @@ def tile_pairs(n: int, row_tile: int = ROW_TILE, col_tile: int = COL_TILE) -> li
     return out
 
 
+def _join(y: np.ndarray, k: int, tiles, row_tile: int, col_tile: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """The walk shared by the self- and cross-join: offer every pair of ``tiles`` (pairs with column > row) to
+    both ends' heaps; (distances, indices) of every row of ``y``, rows that met fewer than k points padded with
+    inf and index len(y)."""
+    n = y.shape[0]
+    norms = np.einsum("ij,ij->i", y, y)
+    hd = np.full((n, k), np.inf, np.float32)
+    hi = np.full((n, k), n, np.int64)  # the sentinel index n loses every tie
+    tile = np.empty(row_tile * col_tile, np.float32)
+    threads = numba.get_num_threads()
+    dist = np.empty((n, k), np.float32)
+    idx = np.empty((n, k), np.int64)
+    with ThreadPoolExecutor(threads) as pool:
+        merger = _Merger(pool, threads, row_tile, col_tile)
+        for i0, i1, j0, j1 in tiles:
+            g = tile.reshape(-1)[: (i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0)  # C-contiguous
+            np.matmul(y[i0:i1], y[j0:j1].T, out=g)
+            merger.merge(g, norms[i0:i1], norms[j0:j1], i0, j0, hd, hi)
+            if progress is not None:
+                r = np.arange(i0, i1)
+                progress(int(np.clip(j1 - np.maximum(j0, r + 1), 0, None).sum()))
+        _on_pool(pool, _finish, _shares(n, threads), hd, hi, dist, idx)
+    return dist, idx
+
+
 def knn_self_join(x: np.ndarray, k: int, row_tile: int = ROW_TILE, col_tile: int = COL_TILE,
                   progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The exact k nearest neighbours of every row of x among the other rows.
@@ -240,21 +265,35 @@ def knn_self_join(x: np.ndarray, k: int, row_tile: int = ROW_TILE, col_tile: int
     n = x.shape[0]
     if not 1 <= k < n:
         raise ValueError(f"k must be in 1 .. N - 1 = {n - 1} (a point is not its own neighbour), got {k}")
-    norms = np.einsum("ij,ij->i", x, x)
-    hd = np.full((n, k), np.inf, np.float32)
-    hi = np.full((n, k), n, np.int64)  # the sentinel index n loses every tie
-    tile = np.empty(row_tile * col_tile, np.float32)
-    threads = numba.get_num_threads()
-    dist = np.empty((n, k), np.float32)
-    idx = np.empty((n, k), np.int64)
-    with ThreadPoolExecutor(threads) as pool:
-        merger = _Merger(pool, threads, row_tile, col_tile)
-        for i0, i1, j0, j1 in tile_pairs(n, row_tile, col_tile):
-            g = tile.reshape(-1)[: (i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0)  # C-contiguous
-            np.matmul(x[i0:i1], x[j0:j1].T, out=g)
-            merger.merge(g, norms[i0:i1], norms[j0:j1], i0, j0, hd, hi)
-            if progress is not None:
-                r = np.arange(i0, i1)
-                progress(int(np.clip(j1 - np.maximum(j0, r + 1), 0, None).sum()))
-        _on_pool(pool, _finish, _shares(n, threads), hd, hi, dist, idx)
-    return dist, idx
+    return _join(x, k, tile_pairs(n, row_tile, col_tile), row_tile, col_tile, progress)
+
+
+def knn_cross_join(a: np.ndarray, b: np.ndarray, k: int, row_tile: int = ROW_TILE,
+                   col_tile: int = COL_TILE) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The k nearest rows of ``b`` to every row of ``a``, and of ``a`` to every row of ``b``, from one pass
+    over the pairs (each distance computed once, offered to both ends, as in ``knn_self_join``).
+
+    Returns (dist_a, idx_a into b, dist_b, idx_b into a), float32 / int64 (rows, k), ascending, ties to the
+    lower index; where the other side has fewer than k rows the lists end in inf with index -1. Blocks of one
+    cloud joined pairwise this way, plus each block's self-join, give its whole graph (``merge_neighbours``).
+    """
+    check_rows(a, "a", dtypes=(np.float32,))
+    check_rows(b, "b", dtypes=(np.float32,))
+    na, nb = len(a), len(b)
+    y = np.concatenate([a, b])
+    tiles = [(i0, min(i0 + row_tile, na), j0, min(j0 + col_tile, na + nb))
+             for i0 in range(0, na, row_tile) for j0 in range(na, na + nb, col_tile)]
+    dist, idx = _join(y, k, tiles, row_tile, col_tile)
+    found = idx < na + nb
+    idx = np.where(found, np.where(idx >= na, idx - na, idx), -1)
+    return dist[:na], idx[:na], dist[na:], idx[na:]
+
+
+def merge_neighbours(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k smallest (distance, index) of each row over several candidate lists of the same rows (padding:
+    inf, -1); ties to the lower index, as the joins order them."""
+    dist = np.concatenate([p[0] for p in parts], axis=1)
+    idx = np.concatenate([p[1] for p in parts], axis=1)
+    key = np.where(idx < 0, np.iinfo(np.int64).max, idx)
+    order = np.lexsort((key, dist), axis=1)[:, :k]
+    return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)

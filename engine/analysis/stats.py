@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from engine.analysis.cluster import row_block_results
 from engine.analysis.config import StatsConfig
 from engine.analysis.distributions import (
     MahalanobisReference,
@@ -41,8 +42,9 @@ from engine.analysis.distributions import (
 from engine.analysis.gaussian import GaussianFit
 from engine.analysis.stats_figures import stats_figures
 from engine.files import write_json_atomic
-from engine.latents.store import create_rows_array, iter_blocks, open_latents
+from engine.latents.store import block_size, create_rows_array, open_latents
 from engine.layout import latents_path, stage_dir
+from engine.stores import WRITE_ALL
 from kernels.histogram import component_histograms, histogram_1d, uniform_edges
 from kernels.moments import block_moments, merge_moments, row_norms
 from kernels.raster import density_raster
@@ -73,20 +75,33 @@ def detect_dominant(mean: np.ndarray, std: np.ndarray, cfg: StatsConfig) -> tupl
     return flags, rule
 
 
-def _moments_pass(z, rows, progress: bool, where) -> tuple[GaussianFit, np.ndarray, np.ndarray, np.ndarray]:
+def _moments_block(x: np.ndarray, start: int):
+    """Pass 1 on one block: (rows, mean, co-moments, min, max, radius of each row), or the first bad row."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        return start + int(np.flatnonzero(~finite)[0])
+    radius = np.empty(len(x), np.float64)
+    row_norms(x, radius)
+    return (*block_moments(x), x.min(axis=0), x.max(axis=0), radius)
+
+
+def _moments_pass(z, z_path: Path, rows: int, progress: bool, cluster=None):
     """Pass 1: the fitted normal (merged block moments), per-component min/max, the radius of every row."""
     n, d = z.shape
     n_acc, mean_acc, m_acc = 0, np.zeros(d), np.zeros((d, d))
     lo, hi = np.full(d, np.inf), np.full(d, -np.inf)
     radius = np.empty(n, np.float64)
-    for start, x in iter_blocks(z, rows, progress, "stats 1/3"):
-        if not np.isfinite(x).all():
-            bad = start + int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-            raise ValueError(f"{where}: row {bad} of z holds NaN or inf; re-import with --drop-nonfinite")
-        n_acc, mean_acc, m_acc = merge_moments(n_acc, mean_acc, m_acc, *block_moments(x))
-        np.minimum(lo, x.min(axis=0), out=lo)
-        np.maximum(hi, x.max(axis=0), out=hi)
-        row_norms(x, radius[start : start + len(x)])
+    pos = 0
+    for res in row_block_results(cluster, z, z_path, _moments_block, rows, progress=progress, desc="stats 1/3"):
+        if not isinstance(res, tuple):
+            raise ValueError(f"{z_path.parent}: row {res} of z holds NaN or inf; re-import with --drop-nonfinite")
+        nb, mb, cb, lob, hib, rb = res
+        n_acc, mean_acc, m_acc = merge_moments(n_acc, mean_acc, m_acc, nb, mb, cb)
+        np.minimum(lo, lob, out=lo)
+        np.maximum(hi, hib, out=hi)
+        radius[pos : pos + len(rb)] = rb
+        pos += len(rb)
     return GaussianFit().fit_moments(n_acc, mean_acc, m_acc), lo, hi, radius
 
 
@@ -112,44 +127,61 @@ def strongest_pairs(corr: np.ndarray, std: np.ndarray, cfg: StatsConfig):
     return top, windows
 
 
-def _projection_pass(z, fit: GaussianFit, grid: tuple[float, float, int], windows, r3: float, pca_arr, cfg,
-                     progress: bool):
-    """Pass 2: histograms, PCA coordinates, Mahalanobis distances, core moments, pair rasters."""
-    n, d = z.shape
+def _projection_block(x: np.ndarray, start: int, fit: GaussianFit, grid: tuple[float, float, int], windows, r3: float,
+                      pca_path: str | None, pair_bins: int):
+    """Pass 2 on one block: histograms, pair rasters, squared Mahalanobis distances, core moments; the block's
+    PCA coordinates written into ``pca_path`` (whole chunks: blocks are chunk-aligned)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    d = x.shape[1]
     e_lo, w, nbins = grid
     counts = np.zeros((d, nbins), np.int64)
+    component_histograms(x, e_lo, w, nbins, counts)
+    rasters = np.zeros((len(windows), pair_bins, pair_bins), np.int64)
+    for k, (i, j, wlo, whi) in enumerate(windows):
+        basis = np.zeros((2, d))
+        basis[0, i] = basis[1, j] = 1.0
+        density_raster(x, fit.mean_, basis, wlo, whi, pair_bins, pair_bins, rasters[k])
+    y = fit.project(x)
+    if pca_path is not None:
+        zarr.open_array(pca_path, mode="r+").with_config(WRITE_ALL)[start : start + len(x)] = y.astype(np.float32)
+    y *= fit.inv_sqrt_  # whitened in place: one (rows, D) temporary per block, not three
+    d2 = np.einsum("ij,ij->i", y, y)
+    del y
+    return counts, rasters, d2, block_moments(x[d2 <= r3])
+
+
+def _projection_pass(z, z_path: Path, rows: int, fit: GaussianFit, grid: tuple[float, float, int], windows, r3: float,
+                     pca_path: str | None, cfg, progress: bool, cluster=None):
+    """Pass 2: histograms, PCA coordinates, Mahalanobis distances, core moments, pair rasters."""
+    n, d = z.shape
+    counts = np.zeros((d, grid[2]), np.int64)
     rasters = np.zeros((len(windows), cfg.pair_bins, cfg.pair_bins), np.int64)
-    bases = []
-    for i, j, _, _ in windows:
-        b = np.zeros((2, d))
-        b[0, i] = b[1, j] = 1.0
-        bases.append(b)
     d2 = np.empty(n, np.float64)
     core_n, core_mean, core_m = 0, np.zeros(d), np.zeros((d, d))
-    for start, x in iter_blocks(z, cfg.block_rows, progress, "stats 2/3"):
-        component_histograms(x, e_lo, w, nbins, counts)
-        y = fit.project(x)
-        if pca_arr is not None:
-            pca_arr[start : start + len(x)] = y.astype(np.float32)
-        y *= fit.inv_sqrt_  # whitened in place: one (rows, D) temporary per block, not three
-        db = np.einsum("ij,ij->i", y, y)
-        del y
-        d2[start : start + len(x)] = db
-        core_n, core_mean, core_m = merge_moments(core_n, core_mean, core_m, *block_moments(x[db <= r3]))
-        for k, (i, j, wlo, whi) in enumerate(windows):
-            density_raster(x, fit.mean_, bases[k], wlo, whi, cfg.pair_bins, cfg.pair_bins, rasters[k])
+    pos = 0
+    for cb, rb, db, mom in row_block_results(cluster, z, z_path, _projection_block, rows,
+                                             (fit, grid, windows, r3, pca_path, cfg.pair_bins), progress=progress,
+                                             desc="stats 2/3"):
+        counts += cb
+        rasters += rb
+        d2[pos : pos + len(db)] = db
+        pos += len(db)
+        core_n, core_mean, core_m = merge_moments(core_n, core_mean, core_m, *mom)
     return counts, rasters, d2, GaussianFit().fit_moments(core_n, core_mean, core_m)
 
 
-def _core_pass(z, d2: np.ndarray, r3: float, core: GaussianFit, cfg, progress: bool) -> np.ndarray:
+def _core_block(x: np.ndarray, start: int, r3: float, core: GaussianFit, d2: np.ndarray) -> np.ndarray:
+    """Pass 3 on one block: squared Mahalanobis distances of its core points (``d2 <= r3``) against the core."""
+    return core.mahalanobis2(np.ascontiguousarray(x, dtype=np.float32)[d2 <= r3])
+
+
+def _core_pass(z, z_path: Path, rows: int, d2: np.ndarray, r3: float, core: GaussianFit, progress: bool,
+               cluster=None) -> np.ndarray:
     """Pass 3: squared Mahalanobis distances of the core points against the core's own fit."""
-    core_d2 = np.empty(core.n_samples_, np.float64)
-    pos = 0
-    for start, x in iter_blocks(z, cfg.block_rows, progress, "stats 3/3"):
-        x = x[d2[start : start + len(x)] <= r3]
-        core_d2[pos : pos + len(x)] = core.mahalanobis2(x)
-        pos += len(x)
-    return core_d2
+    per_block = [(d2[s : s + rows],) for s in range(0, len(d2), rows)]
+    parts = list(row_block_results(cluster, z, z_path, _core_block, rows, (r3, core), per_block, progress,
+                                   "stats 3/3"))
+    return np.concatenate(parts) if parts else np.empty(0)
 
 
 def _radius_summary(radius: np.ndarray, fit: GaussianFit, cfg: StatsConfig) -> tuple[dict, list]:
@@ -197,8 +229,18 @@ def _pca_summary(fit: GaussianFit, write_pca: bool) -> tuple[dict, np.ndarray, n
              "rank": fit.rank_, "coordinates": "latents.zarr/pca" if write_pca else None}, ratios, cum)
 
 
-def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None, progress: bool = True) -> dict:
-    """Measure the latent cloud of ``run_dir`` and write ``RUN/stats/``; returns the stats.json content."""
+def stats_rows(z, block_rows: int | None) -> int:
+    """Rows per block: whole chunks of ``z`` (so workers writing PCA coordinates never share a chunk)."""
+    chunk = z.chunks[0]
+    rows = block_rows or block_size(z)
+    return -(-rows // chunk) * chunk
+
+
+def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None, progress: bool = True,
+                  cluster=None) -> dict:
+    """Measure the latent cloud of ``run_dir`` and write ``RUN/stats/``; returns the stats.json content.
+
+    ``cluster`` (``engine.analysis.cluster.Cluster``): the blocks run as its tasks; the results are the same."""
     cfg = config or StatsConfig()
     run = Path(run_dir)
     group = open_latents(run)
@@ -210,7 +252,10 @@ def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
-    fit, lo, hi, radius = _moments_pass(z, cfg.block_rows, progress, latents_path(run))
+    z_path, rows = latents_path(run) / "z", stats_rows(z, cfg.block_rows)
+    if cluster is not None:
+        cluster.check_readable(latents_path(run))
+    fit, lo, hi, radius = _moments_pass(z, z_path, rows, progress, cluster)
     corr = correlation(fit.covariance_)
     w = cfg.bin_width
     e_lo = math.floor(lo.min() / w) * w
@@ -218,9 +263,13 @@ def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None,
     top, windows = strongest_pairs(corr, fit.std_, cfg)
     r3 = float(MahalanobisReference(n, fit.rank_).ppf(sigma_probability(3)))
     latents = zarr.open_group(latents_path(run), mode="r+")
-    pca_arr = create_rows_array(latents, "pca", n, d) if cfg.write_pca else None
-    counts, rasters, d2, core = _projection_pass(z, fit, (e_lo, w, nbins), windows, r3, pca_arr, cfg, progress)
-    core_d2 = _core_pass(z, d2, r3, core, cfg, progress)
+    pca_path = None
+    if cfg.write_pca:
+        create_rows_array(latents, "pca", n, d, chunk=z.chunks[0])
+        pca_path = str((latents_path(run) / "pca").resolve())
+    counts, rasters, d2, core = _projection_pass(z, z_path, rows, fit, (e_lo, w, nbins), windows, r3, pca_path, cfg,
+                                                 progress, cluster)
+    core_d2 = _core_pass(z, z_path, rows, d2, r3, core, progress, cluster)
 
     edges = uniform_edges(e_lo, w, nbins)
     components, dominant, rule = _components(counts, edges, n, fit, lo, hi, cfg)

@@ -49,9 +49,10 @@ def iter_blocks(z, rows: int | None = None, progress: bool = False, desc: str = 
     bar.close()
 
 
-def create_rows_array(group: zarr.Group, name: str, n: int, d: int, dtype="float32") -> zarr.Array:
-    """An (n, d) array chunked like ``z`` (>= 1 MB row chunks), replacing any old one."""
-    return group.create_array(name, shape=(n, d), chunks=(min(n, chunk_rows(d)) or 1, d), dtype=dtype, overwrite=True,
+def create_rows_array(group: zarr.Group, name: str, n: int, d: int, dtype="float32", chunk: int | None = None) -> zarr.Array:
+    """An (n, d) array in row chunks of ``chunk`` rows (default >= 1 MB, as ``z``), replacing any old one."""
+    rows = min(n, chunk or chunk_rows(d)) or 1
+    return group.create_array(name, shape=(n, d), chunks=(rows, d), dtype=dtype, overwrite=True,
                               fill_value=fill_for(dtype), config=WRITE_ALL)
 
 

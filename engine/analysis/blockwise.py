@@ -1,0 +1,119 @@
+"""Structure's heavy parts as Dask tasks over clouds on shared storage: the exact kNN graph in tiles, the null
+model in blocks, local PCA per block. The client never sends points; every task reads its rows from Zarr.
+
+The graph: the rows are cut into blocks; each block is joined with itself (``knn_self_join``) and with every
+later block (``knn_cross_join``: one pass over the pairs, both ends' lists), so every pair is computed once, as
+in one process; the lists of each block merge by (distance, index), so ties go to the lower index, as in one
+process. A task holds two blocks, their lists and one 64 MB tile: its memory does not grow with N.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+
+from engine.analysis.gaussian import GaussianFit
+from engine.stores import WRITE_ALL
+from kernels.localdim import local_dim_summary, local_pca
+from kernels.selfjoin import knn_cross_join, knn_self_join, merge_neighbours
+
+GRAPH_BLOCK = 16384  # rows per block of the graph: 16 MB of 256-D float32 per side of a tile
+
+
+def _rows(path: str, s: int, e: int) -> np.ndarray:
+    return np.ascontiguousarray(zarr.open_array(path, mode="r")[s:e], dtype=np.float32)
+
+
+def _pad(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if dist.shape[1] == k:
+        return dist, idx
+    n = len(dist)
+    return (np.concatenate([dist, np.full((n, k - dist.shape[1]), np.inf, np.float32)], axis=1),
+            np.concatenate([idx, np.full((n, k - idx.shape[1]), -1, np.int64)], axis=1))
+
+
+def self_tile(path: str, s: int, e: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A block's graph among its own rows (global indices; fewer than k rows: padded)."""
+    if e - s < 2:
+        return _pad(np.empty((e - s, 0), np.float32), np.empty((e - s, 0), np.int64), k)
+    dist, idx = knn_self_join(_rows(path, s, e), min(k, e - s - 1))
+    return _pad(dist, idx + s, k)
+
+
+def cross_tile(path: str, s: int, e: int, s2: int, e2: int, k: int):
+    """Two blocks' lists of each other's rows: ((dist, idx) of block 1, (dist, idx) of block 2), global indices."""
+    da, ia, db, ib = knn_cross_join(_rows(path, s, e), _rows(path, s2, e2), k)
+    return (da, np.where(ia >= 0, ia + s2, -1)), (db, np.where(ib >= 0, ib + s, -1))
+
+
+def merge_pair(a, b, k: int):
+    return merge_neighbours([a, b], k)
+
+
+def knn_graph_on(cluster, path, n: int, k: int, block: int = GRAPH_BLOCK, desc: str = "kNN"):
+    """The exact graph of the n rows of the Zarr array at ``path`` on ``cluster``: (dist (n, k), idx (n, k)),
+    equal to ``knn_self_join`` of the whole array (ties to the lower index)."""
+    import dask
+
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in 1 .. N - 1 = {n - 1}, got {k}")
+    path = str(path)
+    bounds = [(s, min(s + block, n)) for s in range(0, n, block)]
+    parts: list[list] = [[dask.delayed(self_tile, pure=True)(path, s, e, k)] for s, e in bounds]
+    for i, (s, e) in enumerate(bounds):
+        for j in range(i + 1, len(bounds)):
+            s2, e2 = bounds[j]
+            a, b = dask.delayed(cross_tile, nout=2, pure=True)(path, s, e, s2, e2, k)
+            parts[i].append(a)
+            parts[j].append(b)
+    merged = [_tree(p, k) for p in parts]
+    results = cluster.compute(merged, f"{desc}: {len(bounds) * (len(bounds) + 1) // 2} tiles of {block} rows")
+    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+
+
+def _tree(parts: list, k: int):
+    import dask
+
+    while len(parts) > 1:
+        parts = [dask.delayed(merge_pair, pure=True)(parts[i], parts[i + 1], k) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def null_block(path: str, s: int, e: int, fit: GaussianFit, seed: int, b: int) -> int:
+    """Block b of the null model: rows s..e drawn from ``fit`` with the seed (seed, b), written into ``path``."""
+    zarr.open_array(path, mode="r+").with_config(WRITE_ALL)[s:e] = fit.sample(e - s, np.random.default_rng([seed, b]))
+    return e - s
+
+
+def write_null(cluster, path, n: int, d: int, fit: GaussianFit, seed: int, block: int = GRAPH_BLOCK) -> None:
+    """The null cloud (n points of the fitted normal), block by block on the workers, into a Zarr array."""
+    zarr.create_array(str(path), shape=(n, d), chunks=(block, d), dtype="float32", overwrite=True,
+                      fill_value=np.nan, config=WRITE_ALL)
+    fit_f = cluster.client.scatter(fit, broadcast=True)
+    cluster.map_calls(null_block, [(str(path), s, min(s + block, n), fit_f, seed, b)
+                                   for b, s in enumerate(range(0, n, block))], "null model")
+
+
+def local_block(path: str, s: int, e: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local PCA of the neighbourhoods of rows s..e (each row and its neighbours ``idx``), reading only those
+    rows: (n90, participation ratio, linearity)."""
+    hood = np.concatenate([np.arange(s, e)[:, None], idx], axis=1)
+    need = np.unique(hood)
+    pts = np.ascontiguousarray(zarr.open_array(path, mode="r").get_orthogonal_selection((need, slice(None))),
+                               dtype=np.float32)
+    local = np.ascontiguousarray(np.searchsorted(need, hood))
+    m = min(idx.shape[1] + 1, pts.shape[1])
+    eig = np.empty((e - s, m), np.float64)
+    local_pca(pts, local, eig)
+    n90, pr, lin = np.empty(e - s, np.int32), np.empty(e - s, np.float32), np.empty(e - s, np.float32)
+    local_dim_summary(eig, n90, pr, lin)
+    return n90, pr, lin
+
+
+def local_dims_on(cluster, path, idx: np.ndarray, block: int = GRAPH_BLOCK):
+    """``local_block`` of every block of rows as tasks: (n90, pr, lin) of all rows."""
+    n = len(idx)
+    calls = [(str(path), s, min(s + block, n), idx[s : s + block]) for s in range(0, n, block)]
+    parts = cluster.map_calls(local_block, calls, "local PCA")
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))

@@ -1,0 +1,170 @@
+"""``--dask ADDRESS|local:N``: the analysis stages' row blocks as tasks on a Dask cluster.
+
+Without ``--dask`` nothing here runs and Dask need not be installed: every stage
+walks its row blocks in this process. With it, the same block functions run as
+Dask tasks (``dask.array.from_zarr`` over the run's store, rows chunked, all
+columns in one chunk; ``dask.distributed`` for the cluster), their results come
+back in block order and merge with the same formulas, so the numbers do not
+depend on where the blocks ran. Workers read (and write) the run directory
+themselves: it must be on storage every worker can reach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from engine.latents.store import iter_blocks
+
+logger = logging.getLogger(__name__)
+
+INSTALL = "pip install -e '.[dask]' (or pip install 'dask[distributed]')"
+
+
+def _can_read(path: str) -> str | None:
+    """On a worker: None when ``path`` (a Zarr store) can be read there, else why not."""
+    try:
+        import zarr
+
+        zarr.open_group(path, mode="r")
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+
+
+class Cluster:
+    """A Dask client and what the stages ask of it: tasks over the row blocks of a Zarr array, or any calls."""
+
+    def __init__(self, client, progress: bool = True):
+        self.client = client
+        self.progress = progress
+
+    @property
+    def workers(self) -> int:
+        return len(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def check_readable(self, store: Path) -> None:
+        """A one-line error naming the worker when one cannot open ``store``."""
+        answers = self.client.run(_can_read, str(Path(store).resolve()))
+        bad = {w: why for w, why in answers.items() if why is not None}
+        if bad:
+            worker, why = next(iter(bad.items()))
+            raise ValueError(f"Dask worker {worker} cannot read {store} ({why}); the run directory must be on storage "
+                             f"every worker can read (a shared file system), at the same path")
+
+    def compute(self, tasks: list, desc: str = "") -> list:
+        """Run delayed ``tasks``; their results in order, with a bar over the finished tasks."""
+        from dask.distributed import progress as dask_progress
+
+        futures = self.client.compute(tasks)
+        if self.progress and futures:
+            print(f"dask: {desc}", file=sys.stderr)
+            dask_progress(futures, notebook=False)
+            print(file=sys.stderr)
+        return self.client.gather(futures)
+
+    def map_calls(self, fn: Callable, calls: Sequence[tuple], desc: str = "") -> list:
+        """``fn(*call)`` for every call, as tasks; results in order."""
+        import dask
+
+        return self.compute([dask.delayed(fn, pure=False)(*c) for c in calls], desc)
+
+    def map_row_blocks(self, fn: Callable, array_path: Path, rows: int, args: tuple = (),
+                       per_block: Sequence[tuple] | None = None, desc: str = "") -> list:
+        """``fn(block, start, *args, *per_block[b])`` for every block of ``rows`` rows of the Zarr array at
+        ``array_path`` (read on the workers with ``dask.array.from_zarr``); results in block order."""
+        import dask
+        import dask.array as da
+
+        arr = da.from_zarr(str(Path(array_path).resolve()))
+        arr = arr.rechunk((rows, arr.shape[1]) if arr.ndim == 2 else (rows,))
+        blocks = arr.to_delayed().ravel()
+        shared = [self.client.scatter(a, broadcast=True) if _large(a) else a for a in args]
+        tasks = [dask.delayed(fn, pure=False)(b, i * rows, *shared, *(per_block[i] if per_block else ()))
+                 for i, b in enumerate(blocks)]
+        return self.compute(tasks, desc)
+
+
+def _large(obj) -> bool:
+    """Worth scattering once rather than sending with every task (a fit's d x d matrices, say)."""
+    nbytes = getattr(obj, "nbytes", None)
+    if nbytes is None and hasattr(obj, "__dict__"):
+        nbytes = sum(getattr(v, "nbytes", 0) for v in vars(obj).values())
+    return bool(nbytes) and nbytes > 1 << 20
+
+
+def parse_spec(spec: str) -> tuple[str, int | str]:
+    """("local", N) or ("address", ADDRESS) from ``--dask``; a one-line error otherwise."""
+    if spec.startswith("local:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"--dask local:N takes a positive number of worker processes, got {spec!r}")
+        return "local", n
+    if "://" not in spec and ":" not in spec:
+        raise ValueError(f"--dask takes a scheduler address (tcp://host:8786) or local:N, got {spec!r}")
+    return "address", spec
+
+
+@contextlib.contextmanager
+def open_cluster(spec: str | None, progress: bool = True) -> Iterator[Cluster | None]:
+    """The cluster ``--dask`` names for the duration of a command (None without ``--dask``)."""
+    if not spec:
+        yield None
+        return
+    kind, value = parse_spec(spec)
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise ValueError(f"--dask needs Dask, which is not installed: {INSTALL}") from None
+    if not logger.isEnabledFor(logging.DEBUG):  # its INFO lines (every worker's start and stop) drown ours
+        for name in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    with contextlib.ExitStack() as stack:
+        if kind == "local":
+            import dask
+
+            # each worker process gets its share of the cores for BLAS, set before it starts (numba's threads
+            # cannot be set this way once a process launched them: the kernels take numba's default)
+            threads = str(max(1, (os.cpu_count() or 1) // value))
+            env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+                   "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT", "4")}
+            stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": env}))
+            cluster = stack.enter_context(LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
+                                                       dashboard_address=":0", silence_logs=logging.ERROR))
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(value, timeout="20s"))
+            except OSError as exc:
+                raise ValueError(f"cannot reach the Dask scheduler at {value} ({exc}); start one with "
+                                 f"'dask scheduler' and workers with 'dask worker {value}'") from None
+        c = Cluster(client, progress)
+        dash = f"dashboard {client.dashboard_link}" if _has_dashboard() else "no dashboard (pip install bokeh for one)"
+        print(f"dask: scheduler {client.scheduler.address}, {c.workers} workers; {dash}", file=sys.stderr)
+        yield c
+
+
+def _has_dashboard() -> bool:
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def row_block_results(cluster: Cluster | None, z, z_path: Path, fn: Callable, rows: int, args: tuple = (),
+                      per_block: Sequence[tuple] | None = None, progress: bool = False, desc: str = "") -> Iterator:
+    """``fn(block, start, *args, *per_block[b])`` over the row blocks of ``z``, in block order: in this process
+    (the next block read while ``fn`` works) or, with a cluster, as its tasks."""
+    if cluster is None:
+        for b, (start, x) in enumerate(iter_blocks(z, rows, progress, desc)):
+            yield fn(x, start, *args, *(per_block[b] if per_block else ()))
+        return
+    yield from cluster.map_row_blocks(fn, z_path, rows, args, per_block, desc)
