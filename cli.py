@@ -115,7 +115,7 @@ def cmd_run(args) -> None:
     from engine.pipeline import run
 
     res = run(args.run, source=args.source, quick=args.quick, device=args.device, progress=not args.quiet,
-              until=args.until, nproc=args.nproc, epochs=args.epochs, size=args.size, z_dim=args.z_dim, batch_size=args.batch_size,
+              until=args.until, nproc=args.nproc, dask=args.dask, epochs=args.epochs, size=args.size, z_dim=args.z_dim, batch_size=args.batch_size,
               k=args.k, tsne_n=args.tsne_n, compare_n=args.compare_n, facemap_n=args.facemap_n, seed=args.seed)
     print(f"\nzspace run --run {args.run}")
     for stage, secs in res["seconds"].items():
@@ -194,7 +194,8 @@ def cmd_structure(args) -> dict:
 
     cfg = StructureConfig(k=args.k, graph_k=max(args.k, args.graph_k), index=args.index, sample=args.sample,
                           seed=args.seed)
-    res = compute_structure(args.run, cfg, progress=not args.quiet)
+    with _cluster(args) as cluster:
+        res = compute_structure(args.run, cfg, progress=not args.quiet, cluster=cluster)
     return {
         "structure": str(STAGES["structure"].output_path(args.run)),
         "n": res["n"], "k": res["k"], "index": res["index"], "recall_at_k": res["recall_at_k"],
@@ -208,8 +209,9 @@ def cmd_tsne(args) -> dict:
 
     cfg = TSNEConfig(n=args.n, pca=args.pca, perplexity=args.perplexity, early_exaggeration=args.early_exaggeration,
                      n_iter=args.n_iter, seed=args.seed, null=not args.no_null, affinity=args.affinity,
-                     uniform_k=args.uniform_k)
-    res = compute_tsne(args.run, cfg, progress=not args.quiet)
+                     uniform_k=args.uniform_k, fit_n=args.fit_n)
+    with _cluster(args) as cluster:
+        res = compute_tsne(args.run, cfg, progress=not args.quiet, cluster=cluster)
     return {k: res[k] for k in ("n", "seconds", "kl_divergence", "neighbours_kept_15") if k in res} | {
         "embedding": str(Path(args.run) / "tsne" / "embedding.npz"), "figure": str(Path(args.run) / "tsne" / "tsne.png")}
 
@@ -341,6 +343,7 @@ def _analysis_verbs(verb) -> None:
                          "with measured recall")
     sp.add_argument("--sample", type=_positive_int, default=None, help="analyse N randomly chosen points (default all)")
     sp.add_argument("--seed", type=int, default=StructureConfig.seed)
+    _dask_arg(sp)
 
     sp = verb("tsne", cmd_tsne, STAGES["tsne"].summary)
     sp.add_argument("--n", type=_positive_int, default=TSNEConfig.n, help=f"points embedded (default {TSNEConfig.n:,}, as in the study)")
@@ -358,6 +361,10 @@ def _analysis_verbs(verb) -> None:
                     help=f"total iterations (default {TSNEConfig.n_iter}), the first 250 exaggerated")
     sp.add_argument("--seed", type=int, default=TSNEConfig.seed)
     sp.add_argument("--no-null", action="store_true", help="skip the null model's embedding")
+    sp.add_argument("--fit-n", type=_positive_int, default=TSNEConfig.fit_n,
+                    help=f"with --dask: a map of more points is fitted on this many (default {TSNEConfig.fit_n:,}) "
+                         f"and the others are placed into it (openTSNE transform) as Dask tasks")
+    _dask_arg(sp)
 
 
 def _generation_verbs(verb, sub) -> None:
@@ -420,6 +427,7 @@ def _run_verbs(verb, sub) -> None:
     sp.add_argument("--device", default=TrainConfig.device)
     sp.add_argument("--nproc", type=_positive_int, default=1,
                     help="ranks of train and encode on this machine (torchrun's standalone launcher; default 1)")
+    _dask_arg(sp)
 
     sp = verb("report", cmd_report, STAGES["report"].summary)
     sp = verb("verify", cmd_verify, "check every store, checkpoint and output of RUN; say what is damaged and what "

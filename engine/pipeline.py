@@ -13,6 +13,7 @@ again and, where the stage can (prepare, train, encode), resumes where it stoppe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from engine.analysis.cluster import open_cluster
 from engine.analysis.config import StructureConfig, TSNEConfig
 from engine.analysis.stats import compute_stats
 from engine.analysis.structure import compute_structure
@@ -43,6 +45,7 @@ from engine.stages import STAGE_NAMES, TABLE
 logger = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "synthetic:10000"
+CLUSTER_STAGES = ("stats", "structure", "tsne")  # the stages --dask runs on a cluster
 STAGES = STAGE_NAMES
 STATE_FILE = "pipeline.json"
 
@@ -120,8 +123,10 @@ def _save_state(run: Path, state: dict) -> None:
     write_json_atomic(run / STATE_FILE, state)  # an interrupt never leaves half a file
 
 
-def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, progress: bool, nproc: int = 1):
-    """Call stage ``name`` of the table with the profile's options; train and encode on ``nproc`` ranks."""
+def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, progress: bool, nproc: int = 1,
+                cluster=None):
+    """Call stage ``name`` of the table with the profile's options; train and encode on ``nproc`` ranks, the
+    analyses on ``cluster`` (Dask) when one is given."""
     if name == "prepare":
         return prepare(p.source, run, size=p.size, overwrite=fresh, progress=progress)
     if name == "train":
@@ -137,11 +142,11 @@ def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, prog
                           quiet=not progress)
         return encode(run, device=device, progress=progress)
     if name == "stats":
-        return compute_stats(run, progress=progress)
+        return compute_stats(run, progress=progress, cluster=cluster)
     if name == "structure":
-        return compute_structure(run, StructureConfig(k=p.k, seed=p.seed), progress=progress)
+        return compute_structure(run, StructureConfig(k=p.k, seed=p.seed), progress=progress, cluster=cluster)
     if name == "tsne":
-        return compute_tsne(run, TSNEConfig(n=p.tsne_n, seed=p.seed), progress=progress)
+        return compute_tsne(run, TSNEConfig(n=p.tsne_n, seed=p.seed), progress=progress, cluster=cluster)
     if name == "compare":
         return compare(run, n=p.compare_n, seed=p.seed, device=device, progress=progress)
     if name == "facemap":
@@ -165,11 +170,13 @@ def run(
     progress: bool = True,
     until: str | None = None,
     nproc: int = 1,
+    dask: str | None = None,
     **overrides,
 ) -> dict:
     """Run every stage (up to ``until``) into ``run_dir``; returns timings and where the report is.
 
     ``nproc``: ranks of train and encode (torchrun on this machine; not part of a stage's key).
+    ``dask``: ``--dask`` ADDRESS or local:N for stats, structure and tsne (started only if one of them runs).
 
     ``overrides``: any :class:`Profile` field (epochs, size, z_dim, batch_size, k,
     tsne_n, compare_n, facemap_n, seed); None keeps the profile's value.
@@ -186,30 +193,34 @@ def run(
     state["profile"] = asdict(p)
     timings: dict[str, float | str] = {}
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
-    for i, name in enumerate(stages, 1):
-        rec = done.get(name)
-        same = rec is not None and rec.get("key") == keys[name]
-        if same and rec.get("finished") and (run / OUTPUTS[name]).exists():
-            timings[name] = "skipped"
-            logger.info("[%d/%d] %-9s finished earlier with the same options: skipped", i, len(stages), name)
-            continue
-        # started or finished with other options or inputs: start over; a fresh start that was interrupted
-        # stays fresh until it finishes (its replacement is under way beside the old data)
-        fresh = rec is not None and (not same or bool(rec.get("fresh")))
-        why = ("options or inputs changed: running again" if fresh else "resuming" if same else "running")
-        logger.info("[%d/%d] %-9s %s %s", i, len(stages), name, why, options[name] or "")
-        if fresh and name in DISCARDS and (run / OUTPUTS[name]).exists():
-            logger.warning("%s: options or inputs changed (%s): discarding %s and building it again", name,
-                           _changes(rec.get("options") or {}, options[name]), DISCARDS[name])
-        done[name] = {"key": keys[name], "options": options[name], "finished": None, "fresh": fresh}
-        _save_state(run, state)
-        t0 = time.perf_counter()
-        _stage_call(name, run, p, fresh, device, progress, nproc)
-        timings[name] = round(time.perf_counter() - t0, 2)
-        done[name] = {"key": keys[name], "options": options[name], "seconds": timings[name],
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        _save_state(run, state)
-        logger.info("[%d/%d] %-9s done in %.1f s", i, len(stages), name, timings[name])
+    cluster = None
+    with contextlib.ExitStack() as stack:  # a --dask cluster lives until the last stage
+        for i, name in enumerate(stages, 1):
+            rec = done.get(name)
+            same = rec is not None and rec.get("key") == keys[name]
+            if same and rec.get("finished") and (run / OUTPUTS[name]).exists():
+                timings[name] = "skipped"
+                logger.info("[%d/%d] %-9s finished earlier with the same options: skipped", i, len(stages), name)
+                continue
+            # started or finished with other options or inputs: start over; a fresh start that was interrupted
+            # stays fresh until it finishes (its replacement is under way beside the old data)
+            fresh = rec is not None and (not same or bool(rec.get("fresh")))
+            why = ("options or inputs changed: running again" if fresh else "resuming" if same else "running")
+            logger.info("[%d/%d] %-9s %s %s", i, len(stages), name, why, options[name] or "")
+            if fresh and name in DISCARDS and (run / OUTPUTS[name]).exists():
+                logger.warning("%s: options or inputs changed (%s): discarding %s and building it again", name,
+                               _changes(rec.get("options") or {}, options[name]), DISCARDS[name])
+            done[name] = {"key": keys[name], "options": options[name], "finished": None, "fresh": fresh}
+            _save_state(run, state)
+            t0 = time.perf_counter()
+            if dask and name in CLUSTER_STAGES and cluster is None:
+                cluster = stack.enter_context(open_cluster(dask, progress))
+            _stage_call(name, run, p, fresh, device, progress, nproc, cluster)
+            timings[name] = round(time.perf_counter() - t0, 2)
+            done[name] = {"key": keys[name], "options": options[name], "seconds": timings[name],
+                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            _save_state(run, state)
+            logger.info("[%d/%d] %-9s done in %.1f s", i, len(stages), name, timings[name])
     report = run / "report" / "index.html"
     return {"run": str(run), "seconds": timings, "report": str(report) if report.exists() else None}
 

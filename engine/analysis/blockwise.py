@@ -13,8 +13,11 @@ import numpy as np
 import zarr
 
 from engine.analysis.gaussian import GaussianFit
+from engine.analysis.knn import nearest_distances
+from engine.analysis.planes import cloud_rasters
 from engine.stores import WRITE_ALL
 from kernels.localdim import local_dim_summary, local_pca
+from kernels.moments import block_moments, merge_moments
 from kernels.selfjoin import knn_cross_join, knn_self_join, merge_neighbours
 
 GRAPH_BLOCK = 16384  # rows per block of the graph: 16 MB of 256-D float32 per side of a tile
@@ -81,8 +84,10 @@ def _tree(parts: list, k: int):
 
 
 def null_block(path: str, s: int, e: int, fit: GaussianFit, seed: int, b: int) -> int:
-    """Block b of the null model: rows s..e drawn from ``fit`` with the seed (seed, b), written into ``path``."""
-    zarr.open_array(path, mode="r+").with_config(WRITE_ALL)[s:e] = fit.sample(e - s, np.random.default_rng([seed, b]))
+    """Block b of the null model: rows s..e drawn from ``fit`` with block b's own stream (the b-th child of the
+    seed's ``SeedSequence``, independent of the seed's own stream, which draws the void probes), into ``path``."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(b,)))
+    zarr.open_array(path, mode="r+").with_config(WRITE_ALL)[s:e] = fit.sample(e - s, rng)
     return e - s
 
 
@@ -90,7 +95,7 @@ def write_null(cluster, path, n: int, d: int, fit: GaussianFit, seed: int, block
     """The null cloud (n points of the fitted normal), block by block on the workers, into a Zarr array."""
     zarr.create_array(str(path), shape=(n, d), chunks=(block, d), dtype="float32", overwrite=True,
                       fill_value=np.nan, config=WRITE_ALL)
-    fit_f = cluster.client.scatter(fit, broadcast=True)
+    fit_f = cluster.client.scatter(fit, broadcast=True, hash=False)
     cluster.map_calls(null_block, [(str(path), s, min(s + block, n), fit_f, seed, b)
                                    for b, s in enumerate(range(0, n, block))], "null model")
 
@@ -117,3 +122,41 @@ def local_dims_on(cluster, path, idx: np.ndarray, block: int = GRAPH_BLOCK):
     calls = [(str(path), s, min(s + block, n), idx[s : s + block]) for s in range(0, n, block)]
     parts = cluster.map_calls(local_block, calls, "local PCA")
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+
+
+def _moments(path: str, s: int, e: int):
+    x = _rows(path, s, e)
+    bad = ~np.isfinite(x).all(axis=1)
+    return s + int(np.flatnonzero(bad)[0]) if bad.any() else block_moments(x)
+
+
+def fit_on(cluster, path, n: int, d: int, block: int = GRAPH_BLOCK) -> GaussianFit:
+    """The fitted normal of the rows at ``path`` from block moments merged in block order (as ``zspace stats``)."""
+    n_acc, mean_acc, m_acc = 0, np.zeros(d), np.zeros((d, d))
+    for res in cluster.map_calls(_moments, [(str(path), s, min(s + block, n)) for s in range(0, n, block)], "moments"):
+        if not isinstance(res, tuple):
+            raise ValueError(f"{path}: row {res} holds NaN or inf; re-import with --drop-nonfinite")
+        n_acc, mean_acc, m_acc = merge_moments(n_acc, mean_acc, m_acc, *res)
+    return GaussianFit().fit_moments(n_acc, mean_acc, m_acc)
+
+
+def _nearest(path: str, s: int, e: int, probes: np.ndarray) -> np.ndarray:
+    return nearest_distances(probes, _rows(path, s, e))
+
+
+def void_on(cluster, path, n: int, probes: np.ndarray, block: int = GRAPH_BLOCK) -> np.ndarray:
+    """Distance of every probe to its nearest row at ``path``: the minimum over the blocks' nearest."""
+    shared = cluster.client.scatter(probes, broadcast=True, hash=False)
+    parts = cluster.map_calls(_nearest, [(str(path), s, min(s + block, n), shared) for s in range(0, n, block)],
+                              "void probes")
+    return np.minimum.reduce(parts)
+
+
+def _rasters(path: str, s: int, e: int, mean: np.ndarray, windows) -> np.ndarray:
+    return cloud_rasters([_rows(path, s, e)], mean, windows)
+
+
+def rasters_on(cluster, path, n: int, mean: np.ndarray, windows, block: int = GRAPH_BLOCK) -> np.ndarray:
+    """``cloud_rasters`` of the rows at ``path``: each block's rasters on a worker, summed here."""
+    return np.sum(cluster.map_calls(_rasters, [(str(path), s, min(s + block, n), mean, windows)
+                                               for s in range(0, n, block)], "plane rasters"), axis=0)

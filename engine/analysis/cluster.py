@@ -83,7 +83,7 @@ class Cluster:
         arr = da.from_zarr(str(Path(array_path).resolve()))
         arr = arr.rechunk((rows, arr.shape[1]) if arr.ndim == 2 else (rows,))
         blocks = arr.to_delayed().ravel()
-        shared = [self.client.scatter(a, broadcast=True) if _large(a) else a for a in args]
+        shared = [self.client.scatter(a, broadcast=True, hash=False) if _large(a) else a for a in args]
         tasks = [dask.delayed(fn, pure=False)(b, i * rows, *shared, *(per_block[i] if per_block else ()))
                  for i, b in enumerate(blocks)]
         return self.compute(tasks, desc)

@@ -80,12 +80,18 @@ class TSNEConfig:
     # faster optimisation, another map (compare both: zspace bench --scaling)
     affinity: str = "perplexity"
     uniform_k: int = 15
+    # on a Dask cluster (--dask), a map of more than fit_n points is fitted on fit_n of them in the client and
+    # the others are placed into it (openTSNE transform) as Dask tasks
+    fit_n: int = 100_000
 
     def __post_init__(self):
         if self.affinity not in TSNE_AFFINITIES:
             raise ValueError(f"affinity must be one of {TSNE_AFFINITIES}, got {self.affinity!r}")
         if isinstance(self.uniform_k, bool) or not isinstance(self.uniform_k, (int, np.integer)) or self.uniform_k < 1:
             raise ValueError(f"uniform_k must be an integer >= 1 (neighbours per point), got {self.uniform_k!r}")
+        if isinstance(self.fit_n, bool) or not isinstance(self.fit_n, (int, np.integer)) or self.fit_n < 10:
+            raise ValueError(f"fit_n must be an integer >= 10 (points fitted before the others are placed), "
+                             f"got {self.fit_n!r}")
         if isinstance(self.n, bool) or not isinstance(self.n, (int, np.integer)) or self.n < 10:
             raise ValueError(f"n must be an integer >= 10 (points embedded), got {self.n!r}")
         if self.pca is not None and (isinstance(self.pca, bool) or not isinstance(self.pca, (int, np.integer))

@@ -57,25 +57,43 @@ def plane_figure_name(plane: str) -> str:
     return "plane_" + "".join(ch if ch.isalnum() else "_" for ch in plane.split(" (")[0]).strip("_") + ".png"
 
 
-def plane_views(out_dir: Path, x: np.ndarray, null: np.ndarray, fit: GaussianFit,
-                dominant: list[int]) -> tuple[list[dict], list[str]]:
+def plane_windows(d: int, fit: GaussianFit, dominant: list[int]) -> list[tuple[str, np.ndarray, float]]:
+    """(plane name, basis, window side) of every raster the plane views draw, in drawing order."""
+    return [(name, basis, side) for name, basis in plane_bases(d, fit.eigenvectors_, dominant) for side in WINDOWS]
+
+
+def cloud_rasters(blocks, mean: np.ndarray, windows: list[tuple[str, np.ndarray, float]]) -> np.ndarray:
+    """int64 (len(windows), BINS, BINS): every window's raster of a cloud given as an iterable of row blocks,
+    in one pass (blocks of one cloud, on a worker or here, add up to the cloud's rasters)."""
+    out = np.zeros((len(windows), BINS, BINS), np.int64)
+    for x in blocks:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        for w, (_, basis, side) in enumerate(windows):
+            half = np.array([side / 2] * 2)
+            density_raster(x, mean, basis, -half, half, BINS, BINS, out[w])
+    return out
+
+
+def plane_views(out_dir: Path, x, null, fit: GaussianFit, dominant: list[int]) -> tuple[list[dict], list[str]]:
     """Rasters, empty-cell shares and one figure per plane; returns (summaries, figure names).
 
-    Each summary names its figure (``figure``), so readers never rebuild file names.
+    ``x`` and ``null``: the clouds (float32 (N, D)), or their rasters already counted (``cloud_rasters`` over
+    ``plane_windows``, as structure does on a Dask cluster). Each summary names its figure (``figure``), so
+    readers never rebuild file names.
     """
+    windows = plane_windows(len(fit.mean_), fit, dominant)
+    clouds = {label: c if c.ndim == 3 else cloud_rasters([c], fit.mean_, windows)
+              for label, c in (("data", x), ("null", null))}
     summaries, figs = [], []
-    mean = fit.mean_
-    for name, basis in plane_bases(x.shape[1], fit.eigenvectors_, dominant):
+    for p, (name, basis) in enumerate(plane_bases(len(fit.mean_), fit.eigenvectors_, dominant)):
         proj_cov = basis @ fit.covariance_ @ basis.T
         fig, axes = subplots(2, len(WINDOWS), figsize=(4 * len(WINDOWS), 7.6))
         row = {"plane": name, "figure": plane_figure_name(name), "windows": []}
         for col, side in enumerate(WINDOWS):
-            lo, hi = np.array([-side / 2] * 2), np.array([side / 2] * 2)
             mask = occupied_mask(proj_cov, side)
             shares = {}
-            for r, (label, cloud) in enumerate((("data", x), ("null", null))):
-                raster = np.zeros((BINS, BINS), np.int64)
-                density_raster(cloud, mean, basis, lo, hi, BINS, BINS, raster)
+            for r, label in enumerate(("data", "null")):
+                raster = clouds[label][p * len(WINDOWS) + col]
                 inside = raster[mask]
                 shares[label] = float((inside == 0).mean()) if inside.size else float("nan")
                 shares[f"{label}_points"] = int(raster.sum())

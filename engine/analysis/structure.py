@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,10 +27,11 @@ import numpy as np
 import zarr
 from scipy import stats as sstats
 
+from engine.analysis.blockwise import GRAPH_BLOCK, fit_on, knn_graph_on, local_dims_on, rasters_on, void_on, write_null
 from engine.analysis.config import StructureConfig
 from engine.analysis.gaussian import GaussianFit
 from engine.analysis.knn import build_index, knn, knn_graph, nearest_distances, recall_at_k
-from engine.analysis.planes import dominant_components, plane_views
+from engine.analysis.planes import dominant_components, plane_views, plane_windows
 from engine.analysis.structure_figures import structure_figures
 from engine.files import write_json_atomic
 from engine.latents.store import iter_blocks, latents_key, open_latents
@@ -85,7 +87,7 @@ def _cloud_statistics(x: np.ndarray, cfg: StructureConfig, rng, progress: bool, 
     t0 = time.perf_counter()
     graph_dist, graph_idx = knn_graph(x, keep, cfg.index, seed=cfg.seed, block=cfg.query_block, progress=progress,
                                       desc=f"kNN {label}")
-    dist, idx = graph_dist[:, : cfg.k], graph_idx[:, : cfg.k]
+    idx = graph_idx[:, : cfg.k]
     recall = None
     if cfg.index != "exact":
         q = rng.choice(len(x), size=min(cfg.recall_queries, len(x)), replace=False)
@@ -100,13 +102,28 @@ def _cloud_statistics(x: np.ndarray, cfg: StructureConfig, rng, progress: bool, 
     pr = np.empty(len(x), np.float32)
     lin = np.empty(len(x), np.float32)
     local_dim_summary(eig, n90, pr, lin)
-    ldim = corrected_dimension(pr, cfg.k + 1, x.shape[1])
+    return {**_summary(graph_dist, graph_idx, n90, pr, lin, cfg, x.shape[1]), "recall": recall, "points": x,
+            "seconds_knn": t_knn, "seconds": time.perf_counter() - t0}
+
+
+def _summary(graph_dist, graph_idx, n90, pr, lin, cfg: StructureConfig, d: int) -> dict:
+    """The per-point and global statistics of a cloud from its graph and local PCA."""
+    dist, idx = graph_dist[:, : cfg.k], graph_idx[:, : cfg.k]
     r1, r2 = dist[:, 0].astype(np.float64), dist[:, 1].astype(np.float64)
     lb, lb_points = levina_bickel_dimension(dist.astype(np.float64), cfg.k)
-    return {"dist": dist, "idx": idx, "graph_dist": graph_dist, "graph_idx": graph_idx, "recall": recall,
-            "n90": n90, "pr": pr, "lin": lin, "ldim": ldim, "twonn": twonn_dimension(r1, r2),
-            "twonn_mle": twonn_mle(r1, r2), "levina_bickel": lb,
-            "lb_points": lb_points, "points": x, "seconds_knn": t_knn, "seconds": time.perf_counter() - t0}
+    return {"dist": dist, "idx": idx, "graph_dist": graph_dist, "graph_idx": graph_idx, "n90": n90, "pr": pr,
+            "lin": lin, "ldim": corrected_dimension(pr, cfg.k + 1, d), "twonn": twonn_dimension(r1, r2),
+            "twonn_mle": twonn_mle(r1, r2), "levina_bickel": lb, "lb_points": lb_points}
+
+
+def _cluster_statistics(cluster, path: Path, n: int, d: int, cfg: StructureConfig, label: str, keep: int) -> dict:
+    """``_cloud_statistics`` on a Dask cluster: the graph in tiles and local PCA in blocks, read from ``path``."""
+    t0 = time.perf_counter()
+    graph_dist, graph_idx = knn_graph_on(cluster, path, n, keep, desc=f"kNN {label}")
+    t_knn = time.perf_counter() - t0
+    n90, pr, lin = local_dims_on(cluster, path, graph_idx[:, : cfg.k])
+    return {**_summary(graph_dist, graph_idx, n90, pr, lin, cfg, d), "recall": None, "points": None,
+            "path": path, "seconds_knn": t_knn, "seconds": time.perf_counter() - t0}
 
 
 def _load_points(z, rows: np.ndarray | None, progress: bool, where) -> np.ndarray:
@@ -209,30 +226,38 @@ def _write_point_arrays(run: Path, data_s: dict, rows: np.ndarray | None, n_all:
         arr.attrs.update({"latents_key": latents.attrs.get("key"), "index": index, "complete": rows is None})
 
 
-def compute_structure(run_dir: str | os.PathLike, config: StructureConfig | None = None, progress: bool = True) -> dict:
-    """kNN graph, local and global intrinsic dimension, voids: data against the null; writes RUN/structure/."""
+def compute_structure(run_dir: str | os.PathLike, config: StructureConfig | None = None, progress: bool = True,
+                      cluster=None) -> dict:
+    """kNN graph, local and global intrinsic dimension, voids: data against the null; writes RUN/structure/.
+
+    ``cluster`` (``engine.analysis.cluster.Cluster``): the graph, local PCA, null model, void probes and plane
+    rasters run as its tasks, each reading its rows from Zarr (module ``blockwise``); no worker holds a cloud."""
     cfg = config or StructureConfig()
     run = Path(run_dir)
     z = open_latents(run)["z"]
     n_all, d = z.shape
     rng = np.random.default_rng(cfg.seed)
     rows = np.sort(rng.choice(n_all, size=cfg.sample, replace=False)) if cfg.sample and cfg.sample < n_all else None
-    x = _load_points(z, rows, progress, latents_path(run))
-    n = len(x)
+    n = n_all if rows is None else len(rows)
     if n <= cfg.k + 1:
         raise ValueError(f"{n} points are too few for k = {cfg.k} neighbours")
     out_dir = stage_dir(run, "structure")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-
-    fit = GaussianFit().fit(x)
-    null = fit.sample(n, rng)
-    data_s = _cloud_statistics(x, cfg, rng, progress, "data", max(cfg.k, min(cfg.graph_k, n - 1)))
-    null_s = _cloud_statistics(null, cfg, rng, progress, "null", cfg.k)
-    # void statistic: probes from the fitted normal; their distance to the nearest point of
-    # each cloud, against the nearest-neighbour distances inside that cloud
-    probes = fit.sample(cfg.void_probes, rng)
-    void = {name: void_statistic(probes, s, cfg.query_block) for name, s in (("data", data_s), ("null", null_s))}
+    keep = max(cfg.k, min(cfg.graph_k, n - 1))
+    if cluster is None:
+        x = _load_points(z, rows, progress, latents_path(run))
+        fit = GaussianFit().fit(x)
+        # void statistic: probes from the fitted normal (drawn first, as on a cluster); their distance to the
+        # nearest point of each cloud, against the nearest-neighbour distances inside that cloud
+        probes = fit.sample(cfg.void_probes, rng)
+        null = fit.sample(n, rng)
+        data_s = _cloud_statistics(x, cfg, rng, progress, "data", keep)
+        null_s = _cloud_statistics(null, cfg, rng, progress, "null", cfg.k)
+        void = {name: void_statistic(probes, s, cfg.query_block) for name, s in (("data", data_s), ("null", null_s))}
+        clouds = (x, null)
+    else:
+        fit, data_s, null_s, void, clouds = _on_cluster(cluster, run, z, rows, cfg, rng, keep)
     result = {
         "n": int(n), "d": int(d), "k": cfg.k, "index": cfg.index, "sampled": rows is not None,
         "inputs": {"latents_key": latents_key(run)},
@@ -246,10 +271,44 @@ def compute_structure(run_dir: str | os.PathLike, config: StructureConfig | None
     }
     _write_point_arrays(run, data_s, rows, n_all, cfg.index)
     result["figures"] = structure_figures(out_dir, result, data_s, null_s, void)
-    result["planes"], plane_figs = plane_views(out_dir, x, null, fit, dominant_components(run, fit.std_))
+    result["planes"], plane_figs = plane_views(out_dir, *clouds, fit, dominant_components(run, fit.std_))
     result["figures"] += plane_figs
     result["seconds"]["total"] = time.perf_counter() - t0
     write_json_atomic(out_dir / "structure.json", result)
     for s in result["statistics"].values():
         logger.info(s["verdict"])
     return result
+
+
+def _on_cluster(cluster, run: Path, z, rows: np.ndarray | None, cfg: StructureConfig, rng, keep: int):
+    """(fit, data statistics, null statistics, void statistic, plane rasters of both clouds) on a Dask cluster.
+    The null cloud is drawn block by block on the workers (seeds (seed, block)) into RUN/structure/null.zarr,
+    removed at the end; a --sample is written to sample.zarr beside it first."""
+    if cfg.index != "exact":
+        raise ValueError(f"--dask computes the exact graph in tiles; drop --index {cfg.index}")
+    cluster.check_readable(latents_path(run))
+    out_dir = stage_dir(run, "structure")
+    n, d = (z.shape[0] if rows is None else len(rows)), z.shape[1]
+    data_path = latents_path(run) / "z"
+    temporary = [out_dir / "null.zarr"]
+    try:
+        if rows is not None:
+            data_path = out_dir / "sample.zarr"
+            temporary.append(data_path)
+            zarr.create_array(str(data_path), shape=(n, d), chunks=(GRAPH_BLOCK, d), dtype="float32",
+                              overwrite=True, config=WRITE_ALL)[:] = _load_points(z, rows, False, latents_path(run))
+        fit = fit_on(cluster, data_path, n, d)
+        write_null(cluster, temporary[0], n, d, fit, cfg.seed)
+        data_s = _cluster_statistics(cluster, data_path, n, d, cfg, "data", keep)
+        null_s = _cluster_statistics(cluster, temporary[0], n, d, cfg, "null", cfg.k)
+        probes = fit.sample(cfg.void_probes, rng)
+        void = {name: {"u": void_on(cluster, s["path"], n, probes), "w": s["dist"][:, 0]}
+                for name, s in (("data", data_s), ("null", null_s))}
+        for v in void.values():
+            v["ratio"] = float(np.median(v["u"]) / np.median(v["w"]))
+        windows = plane_windows(d, fit, dominant_components(run, fit.std_))
+        clouds = tuple(rasters_on(cluster, s["path"], n, fit.mean_, windows) for s in (data_s, null_s))
+    finally:
+        for t in temporary:
+            shutil.rmtree(t, ignore_errors=True)
+    return fit, data_s, null_s, void, clouds

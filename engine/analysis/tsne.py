@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -265,7 +266,8 @@ def tsne_figure(path: Path, embedding: np.ndarray, null_embedding: np.ndarray | 
     return str(path)
 
 
-def compute_tsne(run_dir: str | os.PathLike, config: TSNEConfig | None = None, progress: bool = True) -> dict:
+def compute_tsne(run_dir: str | os.PathLike, config: TSNEConfig | None = None, progress: bool = True,
+                 cluster=None) -> dict:
     """t-SNE of n random rows of z beside the fitted-normal null; writes ``RUN/tsne/``, returns tsne.json's content.
 
     Outputs:
@@ -274,21 +276,16 @@ def compute_tsne(run_dir: str | os.PathLike, config: TSNEConfig | None = None, p
       and ``pca_components`` float64 (K, D), the projection used (``place_points`` reuses it);
     - ``tsne.json``: resolved config, n, N, D, embedded dimension, threads, seconds, KL divergences;
     - ``tsne.png``: log density of both embeddings side by side.
-    """
+
+    ``cluster`` and more than ``fit_n`` points: the map is fitted on ``fit_n`` of them (and as many null points)
+    here, the others placed into it by openTSNE's ``transform`` as Dask tasks reading their rows from Zarr."""
     cfg = config or TSNEConfig()
     run = Path(run_dir)
     group = open_latents(run)
     z = group["z"]
     n_all, d = z.shape
     rng = np.random.default_rng(cfg.seed)
-    if cfg.n < n_all:
-        rows = np.sort(rng.choice(n_all, size=cfg.n, replace=False)).astype(np.int64)
-        x = np.ascontiguousarray(z.get_orthogonal_selection((rows, slice(None))), dtype=np.float32)
-    else:
-        rows = np.arange(n_all, dtype=np.int64)
-        x = np.ascontiguousarray(z[...], dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{latents_path(run)}: z holds NaN or inf; re-import with --drop-nonfinite")
+    rows, x, placed_rows = _chosen_rows(z, cfg, rng, cluster is not None, latents_path(run))
     n = len(x)
     _check_perplexity(cfg, n)
     out_dir = tsne_dir(run)
@@ -322,10 +319,13 @@ def compute_tsne(run_dir: str | os.PathLike, config: TSNEConfig | None = None, p
         kept[label] = neighbours_kept(graphs[label][1], maps[label])
     null_emb = maps.get("null", np.zeros((0, 2), np.float32))
     embedding = maps["data"]
+    if placed_rows is not None:
+        t_place, (rows, embedding) = time.perf_counter(), _place_on(cluster, run, rows, embedding, placed_rows, x, cfg, extra)
+        seconds["placed"] = {"n": int(len(placed_rows)), "total": time.perf_counter() - t_place}
     np.savez(out_dir / "embedding.npz", rows=rows, embedding=embedding, null_embedding=null_emb, **extra)
 
     result = {
-        "n": int(n), "n_total": int(n_all), "d": int(d), "embedded_dim": int(x.shape[1]), "space": space,
+        "n": int(len(rows)), "n_fitted": int(n), "n_total": int(n_all), "d": int(d), "embedded_dim": int(x.shape[1]), "space": space,
         "inputs": {"latents_key": group.attrs.get("key")},
         "pca_source": pca_source, "sampled": bool(n < n_all), "threads": _threads(cfg.n_jobs),
         "config": asdict(cfg),
@@ -345,6 +345,57 @@ def compute_tsne(run_dir: str | os.PathLike, config: TSNEConfig | None = None, p
     seconds["total"] = time.perf_counter() - t0
     write_json_atomic(out_dir / "tsne.json", result)
     return result
+
+
+def _chosen_rows(z, cfg: TSNEConfig, rng, on_cluster: bool, where) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(rows of z fitted, their points, rows placed afterwards or None): n random rows (all when n >= N); on a
+    cluster, a map of more than fit_n points is fitted on fit_n of them (read here; the placed ones are read by
+    the workers)."""
+    n_all = z.shape[0]
+    rows = (np.sort(rng.choice(n_all, size=cfg.n, replace=False)).astype(np.int64) if cfg.n < n_all
+            else np.arange(n_all, dtype=np.int64))
+    placed = None
+    if on_cluster and len(rows) > cfg.fit_n:
+        fit_pos = np.sort(rng.choice(len(rows), size=cfg.fit_n, replace=False))
+        placed, rows = np.setdiff1d(rows, rows[fit_pos]), rows[fit_pos]
+    x = np.ascontiguousarray(z[...] if len(rows) == n_all else z.get_orthogonal_selection((rows, slice(None))),
+                             dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{where}: z holds NaN or inf; re-import with --drop-nonfinite")
+    return rows, x, placed
+
+
+def _place_block(z_path: str, rows: np.ndarray, ref, shift: np.ndarray, proj) -> np.ndarray:
+    """On a worker: the map coordinates of z rows ``rows`` placed into the centred reference ``ref``."""
+    import zarr
+
+    q = np.ascontiguousarray(zarr.open_array(z_path, mode="r").get_orthogonal_selection((rows, slice(None))),
+                             dtype=np.float32)
+    if proj is not None:
+        q = _project(q, *proj)
+    ref = pickle.loads(ref)  # sent pickled: Dask would send the ndarray subclass as a plain array
+    return (np.asarray(ref.transform(q), np.float64) + shift).astype(np.float32)
+
+
+def _place_on(cluster, run: Path, rows: np.ndarray, embedding: np.ndarray, placed_rows: np.ndarray, x: np.ndarray,
+              cfg: TSNEConfig, extra: dict, block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """(all rows sorted, their coordinates): the fitted map's rows and ``placed_rows`` placed into it as tasks."""
+    import openTSNE
+
+    shift = (embedding.max(axis=0) + embedding.min(axis=0)) / 2
+    # centred here, so that transform's own re-centring of the reference is a no-op on every worker
+    ref = openTSNE.TSNEEmbedding((embedding - shift).astype(np.float64),
+                                 affinities_of(replace(cfg, affinity="perplexity"), x), random_state=cfg.seed,
+                                 n_jobs=1)
+    ref_f = cluster.client.scatter(pickle.dumps(ref), broadcast=True, hash=False)
+    proj = (extra["pca_mean"], extra["pca_components"]) if "pca_components" in extra else None
+    z_path = str((latents_path(run) / "z").resolve())
+    parts = cluster.map_calls(_place_block, [(z_path, placed_rows[s : s + block], ref_f, shift, proj)
+                                             for s in range(0, len(placed_rows), block)],
+                              f"placing {len(placed_rows):,} points into the map of {len(rows):,}")
+    all_rows = np.concatenate([rows, placed_rows])
+    order = np.argsort(all_rows, kind="stable")
+    return all_rows[order], np.concatenate([embedding, *parts])[order]
 
 
 def place_points(run_dir: str | os.PathLike, z_new: np.ndarray, config: TSNEConfig | None = None) -> np.ndarray:

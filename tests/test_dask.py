@@ -1,0 +1,164 @@
+"""The analysis stages on a Dask cluster (a LocalCluster of 2 worker processes) against the same stages in process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+pytest.importorskip("dask.distributed", reason="dask[distributed] (the test extra) is not installed")
+
+from engine.analysis.blockwise import knn_graph_on  # noqa: E402
+from engine.analysis.cluster import open_cluster  # noqa: E402
+from engine.analysis.config import StatsConfig, StructureConfig, TSNEConfig  # noqa: E402
+from engine.analysis.stats import compute_stats  # noqa: E402
+from engine.analysis.structure import compute_structure  # noqa: E402
+from engine.analysis.tsne import compute_tsne  # noqa: E402
+from engine.latents.importer import import_latents  # noqa: E402
+from kernels.selfjoin import knn_self_join  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with open_cluster("local:2", progress=False) as c:
+        assert c.workers == 2
+        yield c
+
+
+def latent_run(where: Path, z: np.ndarray) -> Path:
+    np.save(where.with_suffix(".npy"), z)
+    import_latents(where.with_suffix(".npy"), where, progress=False)
+    return where
+
+
+def planted(n: int = 6000, d: int = 32, seed: int = 7) -> np.ndarray:
+    """A cylinder (a 2-D surface) in 3 of 32 dimensions, rotated, with small noise: its fitted normal (the null)
+    fills the 3-D ellipsoid around it instead, so the two differ in local dimension and voids."""
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0, 2 * np.pi, n)
+    core = np.stack([4 * np.cos(t), 4 * np.sin(t), rng.standard_normal(n)], 1)
+    basis = np.linalg.qr(rng.standard_normal((d, 3)))[0].T
+    return (core @ basis + 0.05 * rng.standard_normal((n, d))).astype("f4")
+
+
+def test_stats_on_the_cluster_equal_in_process(cluster, tmp_path):
+    z = planted(9000)
+    one, two = latent_run(tmp_path / "one", z), latent_run(tmp_path / "two", z)
+    cfg = StatsConfig(block_rows=2048)  # 5 blocks: the merges of several tasks are exercised
+    a = compute_stats(one, cfg, progress=False)
+    b = compute_stats(two, cfg, progress=False, cluster=cluster)
+    cov_a, cov_b = (np.load(r / "stats" / "covariance.npy") for r in (one, two))
+    np.testing.assert_allclose(cov_b, cov_a, rtol=1e-9, atol=0)
+    mean_a, mean_b = (np.array([c["mean"] for c in r["components"]]) for r in (a, b))
+    np.testing.assert_allclose(mean_b, mean_a, rtol=1e-9, atol=0)
+    da, db = (np.load(r / "stats" / "density.npz") for r in (one, two))
+    for key in da.files:
+        assert np.array_equal(da[key], db[key]), f"{key} differs"  # histograms exactly
+    pa, pb = (zarr.open_group(r / "latents.zarr")["pca"][:] for r in (one, two))
+    assert np.array_equal(pa, pb), "PCA coordinates written by the workers equal those written here"
+    assert a["normality"]["full"] == b["normality"]["full"] and a["radius"] == b["radius"]
+    # and against an independent reference: numpy's covariance of all rows
+    np.testing.assert_allclose(cov_b, np.cov(z.astype(np.float64), rowvar=False), rtol=1e-6, atol=1e-9)
+
+
+def test_knn_graph_in_tiles_equals_the_self_join(cluster, tmp_path):
+    z = planted(5000)
+    run = latent_run(tmp_path / "run", z)
+    d0, i0 = knn_self_join(z, 16)
+    d1, i1 = knn_graph_on(cluster, run / "latents.zarr" / "z", len(z), 16, block=1300)  # 4 blocks, 10 tiles
+    np.testing.assert_allclose(d1, d0, rtol=1e-5, atol=1e-6)
+    differ = i1 != i0
+    # only where two neighbours' distances agree to float rounding may their order differ
+    assert np.allclose(d0[differ], d1[differ], rtol=1e-5) and differ.mean() < 1e-3
+
+
+def test_structure_verdicts_on_the_cluster_equal_in_process(cluster, tmp_path):
+    z = planted(5000)
+    one, two = latent_run(tmp_path / "one", z), latent_run(tmp_path / "two", z)
+    cfg = StructureConfig(k=16, graph_k=30, void_probes=1000, bootstrap=50)
+    a = compute_structure(one, cfg, progress=False)
+    b = compute_structure(two, cfg, progress=False, cluster=cluster)
+    for name, sa in a["statistics"].items():
+        sb = b["statistics"][name]
+        assert sb["differs"] == sa["differs"], (name, sa["verdict"], sb["verdict"])
+        assert sb["data"] == pytest.approx(sa["data"], rel=1e-4), name  # the data side is the same computation
+    assert a["statistics"]["local_dimension"]["differs"], "the planted cylinder is not its null"
+    ga, gb = (zarr.open_group(r / "latents.zarr")["knn_indices"][:] for r in (one, two))
+    assert (ga != gb).mean() < 1e-3
+    assert not (two / "structure" / "null.zarr").exists(), "the null cloud on shared storage is removed"
+    assert [p["plane"] for p in a["planes"]] == [p["plane"] for p in b["planes"]]
+    for pa, pb in zip(a["planes"], b["planes"]):
+        assert [w["points_data"] for w in pa["windows"]] == [w["points_data"] for w in pb["windows"]]
+
+
+def test_tsne_places_held_out_points_in_their_cluster(cluster, tmp_path):
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((5, 32)) * 8
+    labels = rng.integers(0, 5, 2500)
+    z = (centres[labels] + rng.standard_normal((2500, 32))).astype("f4")
+    run = latent_run(tmp_path / "run", z)
+    cfg = TSNEConfig(n=2500, fit_n=1200, n_iter=400, perplexity=20, null=False, n_jobs=1)
+    res = compute_tsne(run, cfg, progress=False, cluster=cluster)
+    assert res["n"] == 2500 and res["n_fitted"] == 1200 and res["seconds"]["placed"]["n"] == 1300
+    with np.load(run / "tsne" / "embedding.npz") as f:
+        rows, emb = f["rows"], f["embedding"]
+    assert np.array_equal(rows, np.arange(2500)) and np.isfinite(emb).all()
+    # every point by its nearest other point in the map: placed and fitted alike must sit in their cluster
+    d2 = ((emb[:, None, :] - emb[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    same = labels[d2.argmin(1)] == labels
+    assert same.mean() > 0.98
+
+
+def test_a_killed_worker_is_replaced_and_the_graph_is_unchanged(cluster, tmp_path):
+    z = planted(6000)
+    run = latent_run(tmp_path / "run", z)
+    ref = knn_self_join(z, 8)
+    out = {}
+    job = threading.Thread(target=lambda: out.update(g=knn_graph_on(cluster, run / "latents.zarr" / "z", len(z), 8,
+                                                                    block=300)))  # 210 tiles
+    job.start()
+    deadline = time.time() + 60
+    while not any(cluster.client.processing().values()) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    busy = [w for w, tasks in cluster.client.processing().items() if tasks]
+    pids = cluster.client.run(os.getpid, workers=busy[:1])
+    os.kill(next(iter(pids.values())), signal.SIGKILL)
+    job.join(timeout=240)
+    assert "g" in out, "the graph finished after the worker died"
+    np.testing.assert_allclose(out["g"][0], ref[0], rtol=1e-5, atol=1e-6)
+    assert (out["g"][1] != ref[1]).mean() < 1e-3
+    deadline = time.time() + 30
+    while cluster.workers < 2 and time.time() < deadline:  # the nanny starts a new worker
+        time.sleep(0.2)
+    assert cluster.workers == 2
+
+
+def test_dask_missing_or_unreachable_is_one_line(tmp_path):
+    run = latent_run(tmp_path / "run", planted(200))
+    code = ("import sys; sys.modules['dask'] = sys.modules['distributed'] = sys.modules['dask.distributed'] = None; "
+            f"from cli import main; sys.exit(main(['stats', '--run', {str(run)!r}, '--dask', 'local:2']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == ("zspace stats: error: --dask needs Dask, which is not installed: "
+                                                   "pip install -e '.[dask]' (or pip install 'dask[distributed]')")
+    from cli import main
+
+    assert main(["stats", "--run", str(run), "--dask", "local:0"]) == 2
+    assert main(["stats", "--run", str(run), "--dask", "tcp://127.0.0.1:1"]) == 2
+
+
+def test_a_store_the_workers_cannot_read_is_named(cluster, tmp_path):
+    with pytest.raises(ValueError, match="cannot read .*every worker can read"):
+        cluster.check_readable(tmp_path / "elsewhere" / "latents.zarr")
