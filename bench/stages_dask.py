@@ -66,7 +66,7 @@ def stage_dask(ctx) -> list[Row]:
                     "exact graph in tiles on --dask local:2", "self-join kernel in process",
                     f"{n_knn / t_knn_dask:,.0f} pts/s", peak_mb=max(peaks_knn),
                     notes=f"overhead {t_knn_dask / t_knn_in:.2f}x (target <= 1.3x); peak RSS per worker "
-                          f"{', '.join(f'{p:,.0f}' for p in peaks_knn)} MB: a tile task holds two 16,384-row blocks, their "
+                          f"{', '.join(f'{p:,.0f}' for p in peaks_knn)} MB: a tile task holds two 65,536-row blocks, their "
                           f"lists and one 64 MB tile at any N; the lists waiting for their merge add the rest",
                     extra={"overhead": t_knn_dask / t_knn_in, "worker_peak_mb": peaks_knn}))
     return rows
