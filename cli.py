@@ -483,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("faiss", "openTSNE", "numba", "matplotlib", "PIL", "torch.distributed"):  # their INFO lines say nothing to a user
         logging.getLogger(noisy).setLevel(level if args.verbose else max(level, logging.WARNING))
+    # a fallback font for the figures' math text is not worth twenty lines
+    logging.getLogger("matplotlib.font_manager").setLevel(level if args.verbose else logging.ERROR)
     try:
         if rank is not None and args.verb not in RANKED:
             raise ValueError(f"zspace {args.verb} runs in one process; under torchrun only {' and '.join(RANKED)} "
