@@ -301,3 +301,26 @@ def test_external_torchrun_over_two_nodes_runs_the_same_training(cache, two_rank
     printed = [o[0] for o in outs if o[0].strip()]
     assert len(printed) == 1 and json.loads(printed[0])["epoch"] == 1, "rank 0 alone prints the result"
     assert max_diff(weights(run), weights(two_rank_epoch[0])) == 0.0
+
+
+def test_the_cause_is_told_from_its_echoes(tmp_path):
+    """torchrun reports every failed rank with whole-second timestamps; the rank that raised is the cause even
+    when torchrun's SIGTERM ended it, not the rank that lost its peer, nor one only stopped."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from engine.model.launch import _rank_failed
+
+    def failure(rank, exitcode, message):
+        path = tmp_path / f"error{len(list(tmp_path.iterdir()))}-{rank}.json"
+        if message:
+            path.write_text(json.dumps({"message": {"message": message, "extraInfo": {
+                "py_callstack": f"Traceback ...\n{message}\n", "timestamp": "1796192722"}}}))
+        return ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=exitcode, error_file=str(path))
+
+    lost = "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:43941."
+    cases = [({0: failure(0, 1, lost), 1: failure(1, -15, "RuntimeError: planted")}, "rank 1 failed: RuntimeError: planted"),
+             ({0: failure(0, -15, ""), 1: failure(1, -9, "")}, "rank 1 failed: killed by signal 9"),
+             ({0: failure(0, 2, "ValueError: bad batch"), 1: failure(1, 2, "ValueError: bad batch")}, "bad batch (ranks 0, 1)")]
+    for failures, expected in cases:
+        err = _rank_failed("train", ChildFailedError("zspace", failures))
+        assert str(err).startswith(expected), (str(err), expected)

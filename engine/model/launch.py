@@ -108,8 +108,9 @@ PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote wo
 def _root_cause(exc: ChildFailedError):
     """(rank, failure) of the cause: the earliest failure that is not a rank stopped by torchrun (SIGTERM) or one
     that lost its peer; failures carry whole-second timestamps, so a cause and its echo often tie."""
-    def echo(f) -> bool:
-        return f.exitcode == -signal.SIGTERM or any(m in _message(f) for m in PEER_LOST)
+    def echo(f) -> bool:  # a rank stopped by torchrun leaves no error of its own; one that raised does, however it ended
+        msg = _message(f)
+        return msg.startswith(f"killed by signal {int(signal.SIGTERM)}") or any(m in msg for m in PEER_LOST)
 
     causes = {r: f for r, f in exc.failures.items() if not echo(f)} or exc.failures
     rank = min(causes, key=lambda r: (causes[r].timestamp, r))
