@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from bench.results import Row
 from bench.stages_analysis import stage_kernels, stage_knn, stage_local_pca, stage_stats, stage_tsne
-from bench.stages_dask import stage_dask
+from bench.stages_dask import stage_dask, stage_dask_structure
 from bench.stages_data import stage_encode, stage_prepare, stage_train_feed, stage_train_ranks
 from engine.stages import STAGES as PIPELINE_STAGES
 
@@ -21,13 +21,14 @@ STAGES: dict[str, Callable[[dict], list[Row]]] = {
     "local_pca": stage_local_pca,
     "tsne": stage_tsne,
     "dask": stage_dask,
+    "dask_structure": stage_dask_structure,
 }
 NEED_IMAGES = {"prepare", "train_feed", "train_ranks", "encode"}  # the stages that read ctx["images"]
 
 # which stage of the pipeline's table (engine/stages.py) each bench stage measures
 MEASURES: dict[str, str] = {
     "prepare": "prepare", "train_feed": "train", "train_ranks": "train", "encode": "encode", "kernels": "stats", "stats": "stats",
-    "knn": "structure", "local_pca": "structure", "tsne": "tsne", "dask": "structure",
+    "knn": "structure", "local_pca": "structure", "tsne": "tsne", "dask": "structure", "dask_structure": "structure",
 }
 if set(MEASURES.values()) - set(PIPELINE_STAGES) or set(MEASURES) != set(STAGES):
     raise RuntimeError(f"bench stages {sorted(MEASURES.items())} are out of step with engine/stages.py {list(PIPELINE_STAGES)}")

@@ -3,6 +3,7 @@ same machine, one run each after a warm-up on both sides; with each worker's pea
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -70,3 +71,55 @@ def stage_dask(ctx) -> list[Row]:
                           f"lists and one 64 MB tile at any N; the lists waiting for their merge add the rest",
                     extra={"overhead": t_knn_dask / t_knn_in, "worker_peak_mb": peaks_knn}))
     return rows
+
+
+def _tree_peaks_mb(proc, every: float = 1.0) -> dict[int, tuple[str, float]]:
+    """Until ``proc`` exits: each process of its tree -> (its command line, its peak resident memory in MB).
+    The kernel's own high-water mark (VmHWM) is read each second, so no short peak is missed, only the last
+    second of a process's life."""
+    import psutil
+
+    peaks: dict[int, tuple[str, float]] = {}
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in tree:
+            try:
+                hwm = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{p.pid}/status").read_text()).group(1)) / 1e3
+                peaks[p.pid] = (" ".join(p.cmdline()), max(hwm, peaks.get(p.pid, ("", 0.0))[1]))
+            except (OSError, AttributeError, psutil.Error):
+                pass
+        time.sleep(every)
+    return peaks
+
+
+def stage_dask_structure(ctx) -> list[Row]:
+    """``zspace structure --dask local:2`` (data and null graphs, exact, 90 neighbours kept) on 1,000,000 x 256
+    in a fresh process: the wall time and each process's peak memory (the client; each worker)."""
+    import subprocess
+    import sys
+
+    n = 1_000_000 if ctx["sizes"].knn_rows >= 50_000 else 20_000
+    work = Path(tempfile.mkdtemp(dir=ctx["workdir"]))
+    run = work / "run"
+    write_latents(run, n)
+    cmd = [sys.executable, "-m", "cli", "structure", "--run", str(run), "--dask", "local:2"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1])
+    peaks = _tree_peaks_mb(proc)
+    seconds = time.perf_counter() - t0
+    if proc.wait() != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
+    client = peaks.pop(proc.pid)[1]
+    workers = sorted(mb for line, mb in peaks.values() if "spawn_main" in line)  # not the resource tracker
+    if not workers:
+        raise RuntimeError(f"no worker process seen under {' '.join(cmd)}: {sorted(peaks.values())}")
+    shutil.rmtree(work)
+    return [Row("structure_dask", f"{n:,} x 256, data + null", seconds, float("nan"), "zspace structure --dask local:2",
+                "(none: memory row)", f"{n / seconds:,.0f} pts/s", peak_mb=max(workers),
+                notes=f"peak RSS per worker {', '.join(f'{p:,.0f}' for p in workers)} MB, client {client:,.0f} MB "
+                      f"(the cloud alone {n * 256 * 4 / 1e6:,.0f} MB; the client holds the graph, N x 90 x 12 bytes)",
+                extra={"worker_peak_mb": workers, "client_peak_mb": client})]
