@@ -192,8 +192,10 @@ def cmd_stats(args) -> dict:
 def cmd_structure(args) -> dict:
     from engine.analysis.structure import compute_structure
 
+    if args.tiles != StructureConfig.tiles and not args.dask:
+        raise ValueError(f"--tiles {args.tiles} applies to the graph on a Dask cluster: add --dask ADDRESS|local:N")
     cfg = StructureConfig(k=args.k, graph_k=max(args.k, args.graph_k), index=args.index, sample=args.sample,
-                          seed=args.seed)
+                          seed=args.seed, tiles=args.tiles)
     with _cluster(args) as cluster:
         res = compute_structure(args.run, cfg, progress=not args.quiet, cluster=cluster)
     return {
@@ -344,6 +346,9 @@ def _analysis_verbs(verb) -> None:
     sp.add_argument("--sample", type=_positive_int, default=None, help="analyse N randomly chosen points (default all)")
     sp.add_argument("--seed", type=int, default=StructureConfig.seed)
     _dask_arg(sp)
+    sp.add_argument("--tiles", choices=("join", "faiss"), default=StructureConfig.tiles,
+                    help="with --dask, how each tile of the exact graph is searched: join (default: zspace's self- and "
+                         "cross-join kernels, each pair once) or faiss (faiss.knn of every query block x base block)")
 
     sp = verb("tsne", cmd_tsne, STAGES["tsne"].summary)
     sp.add_argument("--n", type=_positive_int, default=TSNEConfig.n, help=f"points embedded (default {TSNEConfig.n:,}, as in the study)")

@@ -82,6 +82,21 @@ def test_knn_graph_in_tiles_equals_the_self_join(cluster, tmp_path):
     assert np.allclose(d0[differ], d1[differ], rtol=1e-5) and differ.mean() < 1e-3
 
 
+def test_knn_graph_in_faiss_tiles_equals_the_self_join(cluster, tmp_path):
+    z = planted(3000)
+    z[7] = z[3]  # an exact duplicate: each is the other's nearest, at distance 0, never itself
+    run = latent_run(tmp_path / "run", z)
+    d0, i0 = knn_self_join(z, 12)
+    d1, i1 = knn_graph_on(cluster, run / "latents.zarr" / "z", len(z), 12, block=1100, tiles="faiss")  # 9 tiles
+    assert (i1 != np.arange(len(z))[:, None]).all(), "no row is its own neighbour"
+    assert i1[3, 0] == 7 and i1[7, 0] == 3 and d1[3, 0] < 1e-2
+    # both compute |q|^2 + |p|^2 - 2 q.p in float32: distances agree to its rounding, which near 0 is
+    # sqrt(eps |q|^2) ~ 3e-3 here (the duplicate: 0 by FAISS, 0.0024 by the join)
+    np.testing.assert_allclose(d1, d0, rtol=1e-4, atol=5e-3)
+    differ = i1 != i0
+    assert np.allclose(d0[differ], d1[differ], rtol=1e-4, atol=5e-3) and differ.mean() < 1e-2
+
+
 def test_structure_verdicts_on_the_cluster_equal_in_process(cluster, tmp_path):
     z = planted(5000)
     one, two = latent_run(tmp_path / "one", z), latent_run(tmp_path / "two", z)
@@ -157,6 +172,8 @@ def test_dask_missing_or_unreachable_is_one_line(tmp_path):
 
     assert main(["stats", "--run", str(run), "--dask", "local:0"]) == 2
     assert main(["stats", "--run", str(run), "--dask", "tcp://127.0.0.1:1"]) == 2
+    assert main(["structure", "--run", str(run), "--tiles", "faiss"]) == 2  # --tiles without --dask: not ignored
+    assert not (run / "structure").exists()
 
 
 def test_a_store_the_workers_cannot_read_is_named(cluster, tmp_path):

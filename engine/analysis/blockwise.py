@@ -5,6 +5,8 @@ The graph: the rows are cut into blocks; each block is joined with itself (``knn
 later block (``knn_cross_join``: one pass over the pairs, both ends' lists), so every pair is computed once, as
 in one process; the lists of each block merge by (distance, index), so ties go to the lower index, as in one
 process. A task holds two blocks, their lists and one 64 MB tile: its memory does not grow with N.
+``tiles="faiss"`` searches every (query block, base block) by ``faiss.knn`` instead, each pair twice, and merges
+the same way (measured on 2 cores: the join tiles are the faster; bench ``knn_exact`` compares the kernels).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import numpy as np
 import zarr
 
 from engine.analysis.gaussian import GaussianFit
-from engine.analysis.knn import nearest_distances
+from engine.analysis.knn import build_index, knn, nearest_distances
 from engine.analysis.planes import cloud_rasters
 from engine.stores import WRITE_ALL
 from kernels.localdim import local_dim_summary, local_pca
 from kernels.moments import block_moments, merge_moments
 from kernels.selfjoin import knn_cross_join, knn_self_join, merge_neighbours
 
+TILES = ("join", "faiss")  # how the graph's tiles are searched on a cluster
 GRAPH_BLOCK = 65536  # rows per block: 64 MB of 256-D float32 per side; fewer, larger tiles spend less of
 # their time filling empty lists (measured at 200,000 x 256 on 2 workers: 141 s with 16,384-row blocks, 101 s here)
 
@@ -64,19 +67,40 @@ def cross_tile(path: str, s: int, e: int, s2: int, e2: int, k: int):
     return (da, np.where(ia >= 0, ia + s2, -1)), (db, np.where(ib >= 0, ib + s, -1))
 
 
+def faiss_tile(path: str, s: int, e: int, s2: int, e2: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest rows of block s2..e2 to each row of block s..e by ``faiss.knn`` (exact, squared L2 by
+    sgemm; a block against itself drops each row itself), global indices, padded to k."""
+    _share_cores()
+    q = _rows(path, s, e)
+    base = q if (s2, e2) == (s, e) else _rows(path, s2, e2)
+    own = (s2, e2) == (s, e)
+    want = min(k, len(base) - 1 if own else len(base))
+    if want < 1:
+        return _pad(np.empty((e - s, 0), np.float32), np.empty((e - s, 0), np.int64), k)
+    dist, idx = knn(build_index(base), q, want, query_ids=np.arange(e - s) if own else None, block=e - s)
+    return _pad(dist, idx + s2, k)
+
+
 def merge_pair(a, b, k: int):
     return merge_neighbours([a, b], k)
 
 
-def knn_graph_on(cluster, path, n: int, k: int, block: int = GRAPH_BLOCK, desc: str = "kNN"):
+def knn_graph_on(cluster, path, n: int, k: int, block: int = GRAPH_BLOCK, desc: str = "kNN", tiles: str = "join"):
     """The exact graph of the n rows of the Zarr array at ``path`` on ``cluster``: (dist (n, k), idx (n, k)),
-    equal to ``knn_self_join`` of the whole array (ties to the lower index)."""
+    equal to ``knn_self_join`` of the whole array (ties to the lower index). ``tiles``: "join" (each pair of
+    blocks once, by the join kernels) or "faiss" (every query block x base block by ``faiss.knn``)."""
     import dask
 
     if not 1 <= k < n:
         raise ValueError(f"k must be in 1 .. N - 1 = {n - 1}, got {k}")
+    if tiles not in TILES:
+        raise ValueError(f"tiles must be one of {TILES}, got {tiles!r}")
     path = str(path)
     bounds = [(s, min(s + block, n)) for s in range(0, n, block)]
+    if tiles == "faiss":
+        parts = [[dask.delayed(faiss_tile, pure=True)(path, s, e, s2, e2, k) for s2, e2 in bounds] for s, e in bounds]
+        results = cluster.compute([_tree(p, k) for p in parts], f"{desc}: {len(bounds) ** 2} FAISS tiles of {block} rows")
+        return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
     parts: list[list] = [[dask.delayed(self_tile, pure=True)(path, s, e, k)] for s, e in bounds]
     for i, (s, e) in enumerate(bounds):
         for j in range(i + 1, len(bounds)):

@@ -63,7 +63,8 @@ class Cluster:
         futures = self.client.compute(tasks)
         if self.progress and futures:
             print(f"dask: {desc}", file=sys.stderr)
-            dask_progress(futures, notebook=False)
+            # redrawn every 0.1 s on a terminal; into a log, once a minute
+            dask_progress(futures, notebook=False, interval="100ms" if sys.stdout.isatty() else "60s")
             print(file=sys.stderr)
         return self.client.gather(futures)
 

@@ -49,12 +49,15 @@ class StructureConfig:
     void_probes: int = 10000  # probe points of the void statistic
     bootstrap: int = 200  # resamples for standard errors
     query_block: int = 8192  # kNN queries per FAISS call (bounds memory)
+    tiles: str = "join"  # on a Dask cluster, the exact graph's tiles: join (each pair once) | faiss (faiss.knn)
 
     def __post_init__(self):
         if self.k < 3:
             raise ValueError(f"k must be >= 3 (local PCA and the ID estimators need neighbours), got {self.k}")
         if self.graph_k < self.k:
             raise ValueError(f"graph_k must be >= k = {self.k} (the statistics use the first k), got {self.graph_k}")
+        if self.tiles not in ("join", "faiss"):
+            raise ValueError(f"tiles must be join or faiss, got {self.tiles!r}")
         if self.sample is not None and self.sample < self.k + 2:
             raise ValueError(f"sample must be larger than k + 1, got {self.sample}")
 

@@ -119,7 +119,7 @@ def _summary(graph_dist, graph_idx, n90, pr, lin, cfg: StructureConfig, d: int) 
 def _cluster_statistics(cluster, path: Path, n: int, d: int, cfg: StructureConfig, label: str, keep: int) -> dict:
     """``_cloud_statistics`` on a Dask cluster: the graph in tiles and local PCA in blocks, read from ``path``."""
     t0 = time.perf_counter()
-    graph_dist, graph_idx = knn_graph_on(cluster, path, n, keep, desc=f"kNN {label}")
+    graph_dist, graph_idx = knn_graph_on(cluster, path, n, keep, desc=f"kNN {label}", tiles=cfg.tiles)
     t_knn = time.perf_counter() - t0
     n90, pr, lin = local_dims_on(cluster, path, graph_idx[:, : cfg.k])
     return {**_summary(graph_dist, graph_idx, n90, pr, lin, cfg, d), "recall": None, "points": None,
