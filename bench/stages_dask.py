@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,34 +74,69 @@ def stage_dask(ctx) -> list[Row]:
     return rows
 
 
-def _tree_peaks_mb(proc, every: float = 1.0) -> dict[int, tuple[str, float]]:
-    """Until ``proc`` exits: each process of its tree -> (its command line, its peak resident memory in MB).
-    The kernel's own high-water mark (VmHWM) is read each second, so no short peak is missed, only the last
-    second of a process's life."""
+def _tree_memory(proc, every: float = 1.0) -> tuple[dict[int, tuple[str, float]], list[tuple[float, dict]]]:
+    """Until ``proc`` exits: each process of its tree -> (its command line, its peak resident memory in MB), and
+    the resident memory (MB) of each process every ``every`` seconds. The peak is the kernel's own high-water mark
+    (VmHWM), so no short peak is missed, only the last second of a process's life."""
     import psutil
 
     peaks: dict[int, tuple[str, float]] = {}
-    root = psutil.Process(proc.pid)
+    series: list[tuple[float, dict]] = []
+    root, t0 = psutil.Process(proc.pid), time.perf_counter()
     while proc.poll() is None:
         try:
             tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             break
+        now = {}
         for p in tree:
             try:
-                hwm = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{p.pid}/status").read_text()).group(1)) / 1e3
+                status = Path(f"/proc/{p.pid}/status").read_text()
+                hwm, rss = (int(re.search(rf"{key}:\s+(\d+)", status).group(1)) / 1e3 for key in ("VmHWM", "VmRSS"))
                 peaks[p.pid] = (" ".join(p.cmdline()), max(hwm, peaks.get(p.pid, ("", 0.0))[1]))
+                now[p.pid] = rss
             except (OSError, AttributeError, psutil.Error):
                 pass
+        series.append((time.perf_counter() - t0, now))
         time.sleep(every)
-    return peaks
+    return peaks, series
+
+
+def _phases(stream, t0: float, out: list) -> None:
+    """Echo the command's stderr; note when each of its dask steps ("dask: kNN data: ...") began."""
+    for line in stream:
+        sys.stderr.write(line)
+        if line.startswith("dask: ") and not line.startswith(("dask: scheduler", "dask:  ")):  # not progress lines
+            out.append((time.perf_counter() - t0, line[6:].split(":")[0].strip()))
+
+
+def memory_figure(series, phases, roles: dict[int, str], path: Path, title: str) -> None:
+    """Resident memory of each process against time, the steps marked."""
+    from engine.figures import save_figure, subplots
+
+    fig, ax = subplots(figsize=(11, 4.5), dpi=110, layout="constrained")
+    for pid, role in sorted(roles.items(), key=lambda r: r[1]):
+        pts = [(t / 60, mb / 1e3) for t, now in series if pid in now for mb in [now[pid]]]
+        if pts:
+            ax.plot(*zip(*pts), label=role, lw=1.2)
+    top = ax.get_ylim()[1]
+    for t, name in phases:
+        ax.axvline(t / 60, color="0.7", lw=0.6)
+        ax.text(t / 60, top, f" {name}", rotation=90, va="top", fontsize=7, color="0.35")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("resident memory (GB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title, fontsize=11)
+    save_figure(fig, path)
 
 
 def stage_dask_structure(ctx) -> list[Row]:
     """``zspace structure --dask local:2`` (data and null graphs, exact, 90 neighbours kept) on 1,000,000 x 256
-    in a fresh process: the wall time and each process's peak memory (the client; each worker)."""
+    in a fresh process: the wall time, each process's peak memory (the client; each worker) and a figure of
+    their memory against time."""
     import subprocess
-    import sys
+    import threading
 
     n = 1_000_000 if ctx["sizes"].knn_rows >= 50_000 else 20_000
     work = Path(tempfile.mkdtemp(dir=ctx["workdir"]))
@@ -108,18 +144,27 @@ def stage_dask_structure(ctx) -> list[Row]:
     write_latents(run, n)
     cmd = [sys.executable, "-m", "cli", "structure", "--run", str(run), "--dask", "local:2"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1])
-    peaks = _tree_peaks_mb(proc)
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True)
+    phases: list = []
+    echo = threading.Thread(target=_phases, args=(proc.stderr, t0, phases), daemon=True)
+    echo.start()
+    peaks, series = _tree_memory(proc)
     seconds = time.perf_counter() - t0
+    echo.join(timeout=10)
     if proc.wait() != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
-    client = peaks.pop(proc.pid)[1]
-    workers = sorted(mb for line, mb in peaks.values() if "spawn_main" in line)  # not the resource tracker
+    shutil.rmtree(work)
+    workers = {pid: line for pid, (line, _) in peaks.items() if "spawn_main" in line}  # not the resource tracker
     if not workers:
         raise RuntimeError(f"no worker process seen under {' '.join(cmd)}: {sorted(peaks.values())}")
-    shutil.rmtree(work)
+    roles = {proc.pid: "client (zspace structure)", **{pid: f"worker {i + 1}" for i, pid in enumerate(sorted(workers))}}
+    memory_figure(series, phases, roles, ctx["figures"] / "structure_dask_memory.png",
+                  f"zspace structure --dask local:2 on {n:,} x 256: resident memory of each process")
+    client, worker_peaks = peaks[proc.pid][1], [peaks[pid][1] for pid in sorted(workers)]
     return [Row("structure_dask", f"{n:,} x 256, data + null", seconds, float("nan"), "zspace structure --dask local:2",
-                "(none: memory row)", f"{n / seconds:,.0f} pts/s", peak_mb=max(workers),
-                notes=f"peak RSS per worker {', '.join(f'{p:,.0f}' for p in workers)} MB, client {client:,.0f} MB "
-                      f"(the cloud alone {n * 256 * 4 / 1e6:,.0f} MB; the client holds the graph, N x 90 x 12 bytes)",
-                extra={"worker_peak_mb": workers, "client_peak_mb": client})]
+                "(none: memory row)", f"{n / seconds:,.0f} pts/s", peak_mb=max(worker_peaks),
+                notes=f"peak RSS per worker {', '.join(f'{p:,.0f}' for p in worker_peaks)} MB, client {client:,.0f} MB "
+                      f"(the cloud alone {n * 256 * 4 / 1e6:,.0f} MB; the client holds the graph, N x 90 x 12 bytes); "
+                      f"figures/structure_dask_memory.png",
+                extra={"worker_peak_mb": worker_peaks, "client_peak_mb": client,
+                       "steps": [[round(t, 1), name] for t, name in phases]})]

@@ -179,3 +179,29 @@ def test_dask_missing_or_unreachable_is_one_line(tmp_path):
 def test_a_store_the_workers_cannot_read_is_named(cluster, tmp_path):
     with pytest.raises(ValueError, match="cannot read .*every worker can read"):
         cluster.check_readable(tmp_path / "elsewhere" / "latents.zarr")
+
+
+def test_a_scheduler_without_workers_is_one_line(monkeypatch):
+    from dask.distributed import LocalCluster
+
+    import engine.analysis.cluster as cluster_module
+
+    monkeypatch.setattr(cluster_module, "WORKER_WAIT_S", 1)
+    with LocalCluster(n_workers=0, protocol="tcp", processes=False, dashboard_address=":0") as empty:
+        with pytest.raises(ValueError, match="has no workers .*dask worker tcp://"):
+            with open_cluster(empty.scheduler_address):
+                pass
+
+
+def test_the_command_on_a_local_cluster_keeps_stdout_for_its_json(tmp_path):
+    """Progress and the scheduler line go to stderr (a line a minute and one at the end when it is not a
+    terminal), so ``zspace stats --dask local:2 > out.json`` is the result alone."""
+    import json
+
+    run = latent_run(tmp_path / "run", planted(3000))
+    proc = subprocess.run([sys.executable, "-m", "cli", "stats", "--run", str(run), "--dask", "local:2"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["stats"].endswith("stats.json")
+    assert "dask: scheduler tcp://" in proc.stderr and "2 workers" in proc.stderr
+    assert "1/1 done" in proc.stderr or "done," in proc.stderr

@@ -4,7 +4,8 @@ model in blocks, local PCA per block. The client never sends points; every task 
 The graph: the rows are cut into blocks; each block is joined with itself (``knn_self_join``) and with every
 later block (``knn_cross_join``: one pass over the pairs, both ends' lists), so every pair is computed once, as
 in one process; the lists of each block merge by (distance, index), so ties go to the lower index, as in one
-process. A task holds two blocks, their lists and one 64 MB tile: its memory does not grow with N.
+process. A task holds two blocks, their lists and one 64 MB tile; a local-PCA task its rows' neighbourhoods:
+neither grows with N.
 ``tiles="faiss"`` searches every (query block, base block) by ``faiss.knn`` instead, each pair twice, and merges
 the same way (measured on 2 cores: the join tiles are the faster; bench ``knn_exact`` compares the kernels).
 """
@@ -28,6 +29,10 @@ from kernels.selfjoin import knn_cross_join, knn_self_join, merge_neighbours
 TILES = ("join", "faiss")  # how the graph's tiles are searched on a cluster
 GRAPH_BLOCK = 65536  # rows per block: 64 MB of 256-D float32 per side; fewer, larger tiles spend less of
 # their time filling empty lists (measured at 200,000 x 256 on 2 workers: 141 s with 16,384-row blocks, 101 s here)
+
+
+LOCAL_BLOCK = 16384  # rows per local-PCA task: it holds their neighbourhoods, up to block x (k + 1) rows (285 MB
+# at k = 16, D = 256, at any N), read from Zarr by row selection
 
 
 def _share_cores() -> None:
@@ -143,6 +148,8 @@ def local_block(path: str, s: int, e: int, idx: np.ndarray) -> tuple[np.ndarray,
     """Local PCA of the neighbourhoods of rows s..e (each row and its neighbours ``idx``), reading only those
     rows: (n90, participation ratio, linearity)."""
     _share_cores()
+    if idx.min(initial=0) < 0:
+        raise ValueError(f"rows {s}..{e} of {path}: a neighbour list holds -1 (fewer rows than k + 1, or NaN rows)")
     hood = np.concatenate([np.arange(s, e)[:, None], idx], axis=1)
     need = np.unique(hood)
     pts = np.ascontiguousarray(zarr.open_array(path, mode="r").get_orthogonal_selection((need, slice(None))),
@@ -156,7 +163,7 @@ def local_block(path: str, s: int, e: int, idx: np.ndarray) -> tuple[np.ndarray,
     return n90, pr, lin
 
 
-def local_dims_on(cluster, path, idx: np.ndarray, block: int = GRAPH_BLOCK):
+def local_dims_on(cluster, path, idx: np.ndarray, block: int = LOCAL_BLOCK):
     """``local_block`` of every block of rows as tasks: (n90, pr, lin) of all rows."""
     n = len(idx)
     calls = [(str(path), s, min(s + block, n), idx[s : s + block]) for s in range(0, n, block)]

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from engine.latents.store import iter_blocks
 
 logger = logging.getLogger(__name__)
 
+WORKER_WAIT_S = 60  # how long a command waits for the first worker of a scheduler
 INSTALL = "pip install -e '.[dask]' (or pip install 'dask[distributed]')"
 
 
@@ -57,16 +59,18 @@ class Cluster:
                              f"every worker can read (a shared file system), at the same path")
 
     def compute(self, tasks: list, desc: str = "") -> list:
-        """Run delayed ``tasks``; their results in order, with a bar over the finished tasks."""
-        from dask.distributed import progress as dask_progress
-
+        """Run delayed ``tasks``; their results in order. Progress goes to stderr (stdout holds the command's
+        JSON): dask's bar over every task on a terminal, else a line a minute. On failure the tasks not yet
+        run are cancelled."""
         futures = self.client.compute(tasks)
-        if self.progress and futures:
-            print(f"dask: {desc}", file=sys.stderr)
-            # redrawn every 0.1 s on a terminal; into a log, once a minute
-            dask_progress(futures, notebook=False, interval="100ms" if sys.stdout.isatty() else "60s")
-            print(file=sys.stderr)
-        return self.client.gather(futures)
+        try:
+            if self.progress and futures:
+                print(f"dask: {desc}", file=sys.stderr)
+                _show_progress(futures)
+            return self.client.gather(futures)
+        except BaseException:
+            self.client.cancel(futures)
+            raise
 
     def map_calls(self, fn: Callable, calls: Sequence[tuple], desc: str = "") -> list:
         """``fn(*call)`` for every call, as tasks; results in order."""
@@ -88,6 +92,25 @@ class Cluster:
         tasks = [dask.delayed(fn, pure=False)(b, i * rows, *shared, *(per_block[i] if per_block else ()))
                  for i, b in enumerate(blocks)]
         return self.compute(tasks, desc)
+
+
+def _show_progress(futures: list, every: float = 60.0) -> None:
+    """Until ``futures`` finish: dask's bar (its feed redraws every 0.1 s) when stderr is a terminal, else a
+    line every ``every`` seconds and one at the end."""
+    from dask.distributed import as_completed
+    from dask.distributed import progress as dask_progress
+
+    if sys.stderr.isatty():
+        with contextlib.redirect_stdout(sys.stderr):  # dask's bar writes to stdout
+            dask_progress(futures, notebook=False)
+        print(file=sys.stderr)
+        return
+    t0 = last = time.monotonic()
+    for done, _ in enumerate(as_completed(futures), 1):
+        now = time.monotonic()
+        if now - last >= every or done == len(futures):
+            print(f"dask:   {done}/{len(futures)} done, {now - t0:.0f} s", file=sys.stderr, flush=True)
+            last = now
 
 
 def _large(obj) -> bool:
@@ -146,6 +169,11 @@ def open_cluster(spec: str | None, progress: bool = True) -> Iterator[Cluster | 
             except OSError as exc:
                 raise ValueError(f"cannot reach the Dask scheduler at {value} ({exc}); start one with "
                                  f"'dask scheduler' and workers with 'dask worker {value}'") from None
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except TimeoutError:
+            raise ValueError(f"the Dask scheduler at {client.scheduler.address} has no workers (waited "
+                             f"{WORKER_WAIT_S} s); start some with 'dask worker {client.scheduler.address}'") from None
         c = Cluster(client, progress)
         dash = f"dashboard {client.dashboard_link}" if _has_dashboard() else "no dashboard (pip install bokeh for one)"
         print(f"dask: scheduler {client.scheduler.address}, {c.workers} workers; {dash}", file=sys.stderr)

@@ -286,6 +286,7 @@ def _on_cluster(cluster, run: Path, z, rows: np.ndarray | None, cfg: StructureCo
     removed at the end; a --sample is written to sample.zarr beside it first."""
     if cfg.index != "exact":
         raise ValueError(f"--dask computes the exact graph in tiles; drop --index {cfg.index}")
+    run = Path(run).resolve()  # the workers open these paths from their own working directories
     cluster.check_readable(latents_path(run))
     out_dir = stage_dir(run, "structure")
     n, d = (z.shape[0] if rows is None else len(rows)), z.shape[1]

@@ -371,6 +371,10 @@ def _place_block(z_path: str, rows: np.ndarray, ref, shift: np.ndarray, proj) ->
 
     q = np.ascontiguousarray(zarr.open_array(z_path, mode="r").get_orthogonal_selection((rows, slice(None))),
                              dtype=np.float32)
+    bad = ~np.isfinite(q).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{z_path}: row {int(rows[np.flatnonzero(bad)[0]])} holds NaN or inf; re-import with "
+                         f"--drop-nonfinite")
     if proj is not None:
         q = _project(q, *proj)
     ref = pickle.loads(ref)  # sent pickled: Dask would send the ndarray subclass as a plain array
