@@ -205,3 +205,17 @@ def test_the_command_on_a_local_cluster_keeps_stdout_for_its_json(tmp_path):
     assert json.loads(proc.stdout)["stats"].endswith("stats.json")
     assert "dask: scheduler tcp://" in proc.stderr and "2 workers" in proc.stderr
     assert "1/1 done" in proc.stderr or "done," in proc.stderr
+
+
+def _worker_env() -> tuple[str | None, str | None]:
+    return os.environ.get("OMP_NUM_THREADS"), os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_local_workers_get_their_share_of_the_cores(monkeypatch):
+    """Each of N local workers gets cores // N threads even where this process's environment says otherwise
+    (the nanny would pass that on: 2 workers x 2 numba threads on 2 cores), and dask's memory trimming stays."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    with open_cluster("local:2", progress=False) as c:
+        seen = set(c.client.run(_worker_env).values())
+    assert seen == {(str(max(1, (os.cpu_count() or 1) // 2)), "65536")}
+    assert os.environ["OMP_NUM_THREADS"] == "7", "this process's environment is restored"

@@ -106,16 +106,35 @@ def knn_graph_on(cluster, path, n: int, k: int, block: int = GRAPH_BLOCK, desc: 
         parts = [[dask.delayed(faiss_tile, pure=True)(path, s, e, s2, e2, k) for s2, e2 in bounds] for s, e in bounds]
         results = cluster.compute([_tree(p, k) for p in parts], f"{desc}: {len(bounds) ** 2} FAISS tiles of {block} rows")
         return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
-    parts: list[list] = [[dask.delayed(self_tile, pure=True)(path, s, e, k)] for s, e in bounds]
+    # row-major order (block i with itself, then with each later block), each block's lists merged in the
+    # order they arrive, merges before new tiles: a block's lists are merged as soon as they exist, so what
+    # waits in memory is one growing list per unfinished block, not the tiles' outputs
+    acc: list = [None] * len(bounds)
     for i, (s, e) in enumerate(bounds):
+        acc[i] = _merged(acc[i], _prioritised(len(bounds), i, i, dask.delayed(self_tile, pure=True), path, s, e, k), k)
         for j in range(i + 1, len(bounds)):
-            s2, e2 = bounds[j]
-            a, b = dask.delayed(cross_tile, nout=2, pure=True)(path, s, e, s2, e2, k)
-            parts[i].append(a)
-            parts[j].append(b)
-    merged = [_tree(p, k) for p in parts]
-    results = cluster.compute(merged, f"{desc}: {len(bounds) * (len(bounds) + 1) // 2} tiles of {block} rows")
+            a, b = _prioritised(len(bounds), i, j, dask.delayed(cross_tile, nout=2, pure=True), path, s, e, *bounds[j], k)
+            acc[i], acc[j] = _merged(acc[i], a, k), _merged(acc[j], b, k)
+    results = cluster.compute(acc, f"{desc}: {len(bounds) * (len(bounds) + 1) // 2} tiles of {block} rows")
     return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+
+
+def _prioritised(nb: int, i: int, j: int, fn, *args):
+    """Tile (i, j) with a priority that makes Dask start tiles in row-major order."""
+    import dask
+
+    with dask.annotate(priority=-(i * nb + j)):
+        return fn(*args)
+
+
+def _merged(acc, part, k: int):
+    """``part`` merged into the running lists ``acc`` (None: none yet), before any tile not yet started."""
+    import dask
+
+    if acc is None:
+        return part
+    with dask.annotate(priority=1):
+        return dask.delayed(merge_pair, pure=True)(acc, part, k)
 
 
 def _tree(parts: list, k: int):

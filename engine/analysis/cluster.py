@@ -154,12 +154,16 @@ def open_cluster(spec: str | None, progress: bool = True) -> Iterator[Cluster | 
         if kind == "local":
             import dask
 
-            # each worker process gets its share of the cores for BLAS, set before it starts (numba's threads
-            # cannot be set this way once a process launched them: the kernels take numba's default)
+            # each worker process gets its share of the cores (BLAS, OpenMP and, through _share_cores, numba),
+            # set before it spawns. The nanny lets a variable already in this process's environment win over its
+            # pre-spawn-environ, so the share is put into the environment for the cluster's life (a worker the
+            # nanny restarts gets it too); dask's own pre-spawn variables (MALLOC_TRIM_THRESHOLD_) are kept
             threads = str(max(1, (os.cpu_count() or 1) // value))
-            env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+            env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                    "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT", "4")}
-            stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": env}))
+            spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **env}
+            stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": spawn}))
+            stack.enter_context(_environ(env))
             cluster = stack.enter_context(LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
                                                        dashboard_address=":0", silence_logs=logging.ERROR))
             client = stack.enter_context(Client(cluster))
@@ -178,6 +182,21 @@ def open_cluster(spec: str | None, progress: bool = True) -> Iterator[Cluster | 
         dash = f"dashboard {client.dashboard_link}" if _has_dashboard() else "no dashboard (pip install bokeh for one)"
         print(f"dask: scheduler {client.scheduler.address}, {c.workers} workers; {dash}", file=sys.stderr)
         yield c
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in os.environ until the block ends, the previous values restored after."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _has_dashboard() -> bool:
