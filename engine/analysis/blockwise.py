@@ -102,20 +102,22 @@ def knn_graph_on(cluster, path, n: int, k: int, block: int = GRAPH_BLOCK, desc: 
         raise ValueError(f"tiles must be one of {TILES}, got {tiles!r}")
     path = str(path)
     bounds = [(s, min(s + block, n)) for s in range(0, n, block)]
-    if tiles == "faiss":
-        parts = [[dask.delayed(faiss_tile, pure=True)(path, s, e, s2, e2, k) for s2, e2 in bounds] for s, e in bounds]
-        results = cluster.compute([_tree(p, k) for p in parts], f"{desc}: {len(bounds) ** 2} FAISS tiles of {block} rows")
-        return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
     # row-major order (block i with itself, then with each later block), each block's lists merged in the
     # order they arrive, merges before new tiles: a block's lists are merged as soon as they exist, so what
     # waits in memory is one growing list per unfinished block, not the tiles' outputs
-    acc: list = [None] * len(bounds)
+    nb, acc = len(bounds), [None] * len(bounds)
     for i, (s, e) in enumerate(bounds):
-        acc[i] = _merged(acc[i], _prioritised(len(bounds), i, i, dask.delayed(self_tile, pure=True), path, s, e, k), k)
-        for j in range(i + 1, len(bounds)):
-            a, b = _prioritised(len(bounds), i, j, dask.delayed(cross_tile, nout=2, pure=True), path, s, e, *bounds[j], k)
+        if tiles == "faiss":
+            for j, (s2, e2) in enumerate(bounds):
+                tile = _prioritised(nb, i, j, dask.delayed(faiss_tile, pure=True), path, s, e, s2, e2, k)
+                acc[i] = _merged(acc[i], tile, k)
+            continue
+        acc[i] = _merged(acc[i], _prioritised(nb, i, i, dask.delayed(self_tile, pure=True), path, s, e, k), k)
+        for j in range(i + 1, nb):
+            a, b = _prioritised(nb, i, j, dask.delayed(cross_tile, nout=2, pure=True), path, s, e, *bounds[j], k)
             acc[i], acc[j] = _merged(acc[i], a, k), _merged(acc[j], b, k)
-    results = cluster.compute(acc, f"{desc}: {len(bounds) * (len(bounds) + 1) // 2} tiles of {block} rows")
+    count = f"{nb ** 2} FAISS tiles" if tiles == "faiss" else f"{nb * (nb + 1) // 2} tiles"
+    results = cluster.compute(acc, f"{desc}: {count} of {block} rows")
     return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
 
 
@@ -135,15 +137,6 @@ def _merged(acc, part, k: int):
         return part
     with dask.annotate(priority=1):
         return dask.delayed(merge_pair, pure=True)(acc, part, k)
-
-
-def _tree(parts: list, k: int):
-    import dask
-
-    while len(parts) > 1:
-        parts = [dask.delayed(merge_pair, pure=True)(parts[i], parts[i + 1], k) if i + 1 < len(parts) else parts[i]
-                 for i in range(0, len(parts), 2)]
-    return parts[0]
 
 
 def null_block(path: str, s: int, e: int, fit: GaussianFit, seed: int, b: int) -> int:
