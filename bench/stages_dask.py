@@ -162,7 +162,7 @@ def stage_dask_structure(ctx) -> list[Row]:
                   f"zspace structure --dask local:2 on {n:,} x 256: resident memory of each process")
     client, worker_peaks = peaks[proc.pid][1], [peaks[pid][1] for pid in sorted(workers)]
     return [Row("structure_dask", f"{n:,} x 256, data + null", seconds, float("nan"), "zspace structure --dask local:2",
-                "(none: memory row)", f"{n / seconds:,.0f} pts/s", peak_mb=max(worker_peaks),
+                "-", f"{n / seconds:,.0f} pts/s", peak_mb=max(worker_peaks),
                 notes=f"peak RSS per worker {', '.join(f'{p:,.0f}' for p in worker_peaks)} MB, client {client:,.0f} MB "
                       f"(the cloud alone {n * 256 * 4 / 1e6:,.0f} MB; the client holds the graph, N x 90 x 12 bytes); "
                       f"figures/structure_dask_memory.png",

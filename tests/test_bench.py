@@ -42,8 +42,9 @@ def test_every_row_is_finite(small):
         if r["baseline"] != "-":
             assert r["baseline_s"] is not None and math.isfinite(r["baseline_s"]) and r["baseline_s"] > 0, r
             assert r["ratio"] is not None and math.isfinite(r["ratio"]) and r["ratio"] > 0, r
-        else:  # the end-to-end stats rows and the memory-read floor have no baseline, and say so
-            assert r["group"] in ("stats", "kernels") and (r["group"] == "stats" or r["stage"] == "read_array"), r
+        else:  # the end-to-end stats rows, the memory-read floor and structure's memory on Dask have no baseline
+            assert r["group"] in ("stats", "kernels", "dask_structure"), r
+            assert r["group"] != "kernels" or r["stage"] == "read_array", r
             assert r["baseline_s"] is None and r["ratio"] is None, r
 
 
