@@ -51,6 +51,16 @@ def planted(n: int = 6000, d: int = 32, seed: int = 7) -> np.ndarray:
     return (core @ basis + 0.05 * rng.standard_normal((n, d))).astype("f4")
 
 
+def assert_same_graph(d1, i1, d0, i0, z: np.ndarray, swaps: float = 1e-3) -> None:
+    """Two exact kNN graphs of ``z`` agree to float32's rounding of |a|^2 + |b|^2 - 2 a.b, which depends on how
+    BLAS splits the sums (tile shapes, threads, the CPU's kernel): squared distances to 32 eps max |x|^2, and
+    neighbours swapped only where that rounding can swap them (rarely)."""
+    tol = 32 * np.finfo(np.float32).eps * float((z.astype(np.float64) ** 2).sum(1).max())
+    err = np.abs(d1.astype(np.float64) ** 2 - d0.astype(np.float64) ** 2).max()
+    assert err <= tol, f"squared distances differ by {err:.2e}, more than float32 rounding ({tol:.2e})"
+    assert (i1 != i0).mean() < swaps
+
+
 def test_stats_on_the_cluster_equal_in_process(cluster, tmp_path):
     z = planted(9000)
     one, two = latent_run(tmp_path / "one", z), latent_run(tmp_path / "two", z)
@@ -76,10 +86,7 @@ def test_knn_graph_in_tiles_equals_the_self_join(cluster, tmp_path):
     run = latent_run(tmp_path / "run", z)
     d0, i0 = knn_self_join(z, 16)
     d1, i1 = knn_graph_on(cluster, run / "latents.zarr" / "z", len(z), 16, block=1300)  # 4 blocks, 10 tiles
-    np.testing.assert_allclose(d1, d0, rtol=1e-5, atol=1e-6)
-    differ = i1 != i0
-    # only where two neighbours' distances agree to float rounding may their order differ
-    assert np.allclose(d0[differ], d1[differ], rtol=1e-5) and differ.mean() < 1e-3
+    assert_same_graph(d1, i1, d0, i0, z)
 
 
 def test_knn_graph_in_faiss_tiles_equals_the_self_join(cluster, tmp_path):
@@ -152,8 +159,7 @@ def test_a_killed_worker_is_replaced_and_the_graph_is_unchanged(cluster, tmp_pat
     os.kill(next(iter(pids.values())), signal.SIGKILL)
     job.join(timeout=240)
     assert "g" in out, "the graph finished after the worker died"
-    np.testing.assert_allclose(out["g"][0], ref[0], rtol=1e-5, atol=1e-6)
-    assert (out["g"][1] != ref[1]).mean() < 1e-3
+    assert_same_graph(*out["g"], *ref, z)
     deadline = time.time() + 30
     while cluster.workers < 2 and time.time() < deadline:  # the nanny starts a new worker
         time.sleep(0.2)

@@ -12,12 +12,10 @@ the same way (measured on 2 cores: the join tiles are the faster; bench ``knn_ex
 
 from __future__ import annotations
 
-import os
-
-import numba
 import numpy as np
 import zarr
 
+from engine.analysis.cluster import share_cores
 from engine.analysis.gaussian import GaussianFit
 from engine.analysis.knn import build_index, knn, nearest_distances
 from engine.analysis.planes import cloud_rasters
@@ -35,15 +33,6 @@ LOCAL_BLOCK = 16384  # rows per local-PCA task: it holds their neighbourhoods, u
 # at k = 16, D = 256, at any N), read from Zarr by row selection
 
 
-def _share_cores() -> None:
-    """In a task: numba's threads for this thread (the worker's executor thread) to the worker's share of the
-    cores, which ``OMP_NUM_THREADS`` holds on a zspace LocalCluster (numba's own default would take every core in
-    every worker process)."""
-    want = os.environ.get("OMP_NUM_THREADS")
-    if want and want.isdigit():
-        numba.set_num_threads(max(1, min(int(want), numba.config.NUMBA_NUM_THREADS)))
-
-
 def _rows(path: str, s: int, e: int) -> np.ndarray:
     return np.ascontiguousarray(zarr.open_array(path, mode="r")[s:e], dtype=np.float32)
 
@@ -58,7 +47,7 @@ def _pad(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
 
 def self_tile(path: str, s: int, e: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """A block's graph among its own rows (global indices; fewer than k rows: padded)."""
-    _share_cores()
+    share_cores()
     if e - s < 2:
         return _pad(np.empty((e - s, 0), np.float32), np.empty((e - s, 0), np.int64), k)
     dist, idx = knn_self_join(_rows(path, s, e), min(k, e - s - 1))
@@ -67,7 +56,7 @@ def self_tile(path: str, s: int, e: int, k: int) -> tuple[np.ndarray, np.ndarray
 
 def cross_tile(path: str, s: int, e: int, s2: int, e2: int, k: int):
     """Two blocks' lists of each other's rows: ((dist, idx) of block 1, (dist, idx) of block 2), global indices."""
-    _share_cores()
+    share_cores()
     da, ia, db, ib = knn_cross_join(_rows(path, s, e), _rows(path, s2, e2), k)
     return (da, np.where(ia >= 0, ia + s2, -1)), (db, np.where(ib >= 0, ib + s, -1))
 
@@ -75,7 +64,7 @@ def cross_tile(path: str, s: int, e: int, s2: int, e2: int, k: int):
 def faiss_tile(path: str, s: int, e: int, s2: int, e2: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest rows of block s2..e2 to each row of block s..e by ``faiss.knn`` (exact, squared L2 by
     sgemm; a block against itself drops each row itself), global indices, padded to k."""
-    _share_cores()
+    share_cores()
     q = _rows(path, s, e)
     base = q if (s2, e2) == (s, e) else _rows(path, s2, e2)
     own = (s2, e2) == (s, e)
@@ -159,7 +148,7 @@ def write_null(cluster, path, n: int, d: int, fit: GaussianFit, seed: int, block
 def local_block(path: str, s: int, e: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Local PCA of the neighbourhoods of rows s..e (each row and its neighbours ``idx``), reading only those
     rows: (n90, participation ratio, linearity)."""
-    _share_cores()
+    share_cores()
     if idx.min(initial=0) < 0:
         raise ValueError(f"rows {s}..{e} of {path}: a neighbour list holds -1 (fewer rows than k + 1, or NaN rows)")
     hood = np.concatenate([np.arange(s, e)[:, None], idx], axis=1)

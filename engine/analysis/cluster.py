@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numba
+
 from engine.latents.store import iter_blocks
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class Cluster:
         """``fn(*call)`` for every call, as tasks; results in order."""
         import dask
 
-        return self.compute([dask.delayed(fn, pure=False)(*c) for c in calls], desc)
+        return self.compute([dask.delayed(in_share, pure=False)(fn, *c) for c in calls], desc)
 
     def map_row_blocks(self, fn: Callable, array_path: Path, rows: int, args: tuple = (),
                        per_block: Sequence[tuple] | None = None, desc: str = "") -> list:
@@ -93,9 +95,24 @@ class Cluster:
         z = zarr.open_array(str(Path(array_path).resolve()), mode="r")
         blocks = da.from_zarr(z, chunks=(rows, *z.shape[1:])).to_delayed().ravel()
         shared = [self.client.scatter(a, broadcast=True, hash=False) if _large(a) else a for a in args]
-        tasks = [dask.delayed(fn, pure=False)(b, i * rows, *shared, *(per_block[i] if per_block else ()))
+        tasks = [dask.delayed(in_share, pure=False)(fn, b, i * rows, *shared, *(per_block[i] if per_block else ()))
                  for i, b in enumerate(blocks)]
         return self.compute(tasks, desc)
+
+
+def share_cores() -> None:
+    """In a task: numba's threads for this thread (the worker's executor thread) to the worker's share of the
+    cores, which ``OMP_NUM_THREADS`` holds on a zspace LocalCluster (numba's own default would take every core in
+    every worker process)."""
+    want = os.environ.get("OMP_NUM_THREADS")
+    if want and want.isdigit():
+        numba.set_num_threads(max(1, min(int(want), numba.config.NUMBA_NUM_THREADS)))
+
+
+def in_share(fn: Callable, *args):
+    """A task: ``fn(*args)`` with numba at the worker's share of the cores."""
+    share_cores()
+    return fn(*args)
 
 
 def _show_progress(futures: list, every: float = 60.0) -> None:
