@@ -147,8 +147,7 @@ def write_null(cluster, path, n: int, d: int, fit: GaussianFit, seed: int, block
 
 def local_block(path: str, s: int, e: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Local PCA of the neighbourhoods of rows s..e (each row and its neighbours ``idx``), reading only those
-    rows: (n90, participation ratio, linearity)."""
-    share_cores()
+    rows: (n90, participation ratio, linearity). Runs through ``Cluster.map_calls``, which shares the cores."""
     if idx.min(initial=0) < 0:
         raise ValueError(f"rows {s}..{e} of {path}: a neighbour list holds -1 (fewer rows than k + 1, or NaN rows)")
     hood = np.concatenate([np.arange(s, e)[:, None], idx], axis=1)

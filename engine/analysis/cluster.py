@@ -78,7 +78,7 @@ class Cluster:
         """``fn(*call)`` for every call, as tasks; results in order."""
         import dask
 
-        return self.compute([dask.delayed(in_share, pure=False)(fn, *c) for c in calls], desc)
+        return self.compute([dask.delayed(_in_share, pure=False)(fn, *c) for c in calls], desc)
 
     def map_row_blocks(self, fn: Callable, array_path: Path, rows: int, args: tuple = (),
                        per_block: Sequence[tuple] | None = None, desc: str = "") -> list:
@@ -95,7 +95,7 @@ class Cluster:
         z = zarr.open_array(str(Path(array_path).resolve()), mode="r")
         blocks = da.from_zarr(z, chunks=(rows, *z.shape[1:])).to_delayed().ravel()
         shared = [self.client.scatter(a, broadcast=True, hash=False) if _large(a) else a for a in args]
-        tasks = [dask.delayed(in_share, pure=False)(fn, b, i * rows, *shared, *(per_block[i] if per_block else ()))
+        tasks = [dask.delayed(_in_share, pure=False)(fn, b, i * rows, *shared, *(per_block[i] if per_block else ()))
                  for i, b in enumerate(blocks)]
         return self.compute(tasks, desc)
 
@@ -109,7 +109,7 @@ def share_cores() -> None:
         numba.set_num_threads(max(1, min(int(want), numba.config.NUMBA_NUM_THREADS)))
 
 
-def in_share(fn: Callable, *args):
+def _in_share(fn: Callable, *args):
     """A task: ``fn(*args)`` with numba at the worker's share of the cores."""
     share_cores()
     return fn(*args)
@@ -175,7 +175,7 @@ def open_cluster(spec: str | None, progress: bool = True) -> Iterator[Cluster | 
         if kind == "local":
             import dask
 
-            # each worker process gets its share of the cores (BLAS, OpenMP and, through _share_cores, numba),
+            # each worker process gets its share of the cores (BLAS, OpenMP and, through share_cores, numba),
             # set before it spawns. The nanny lets a variable already in this process's environment win over its
             # pre-spawn-environ, so the share is put into the environment for the cluster's life (a worker the
             # nanny restarts gets it too); dask's own pre-spawn variables (MALLOC_TRIM_THRESHOLD_) are kept
