@@ -61,10 +61,11 @@ def assert_same_graph(d1, i1, d0, i0, z: np.ndarray, swaps: float = 1e-3) -> Non
     assert (i1 != i0).mean() < swaps
 
 
-def test_stats_on_the_cluster_equal_in_process(cluster, tmp_path):
+@pytest.mark.parametrize("hold", [True, False], ids=["blocks-held", "blocks-read-per-pass"])
+def test_stats_on_the_cluster_equal_in_process(cluster, tmp_path, hold):
     z = planted(9000)
     one, two = latent_run(tmp_path / "one", z), latent_run(tmp_path / "two", z)
-    cfg = StatsConfig(block_rows=2048)  # 5 blocks: the merges of several tasks are exercised
+    cfg = StatsConfig(block_rows=2048, hold_blocks=hold)  # 5 blocks: the merges of several tasks are exercised
     a = compute_stats(one, cfg, progress=False)
     b = compute_stats(two, cfg, progress=False, cluster=cluster)
     cov_a, cov_b = (np.load(r / "stats" / "covariance.npy") for r in (one, two))
@@ -79,6 +80,42 @@ def test_stats_on_the_cluster_equal_in_process(cluster, tmp_path):
     assert a["normality"]["full"] == b["normality"]["full"] and a["radius"] == b["radius"]
     # and against an independent reference: numpy's covariance of all rows
     np.testing.assert_allclose(cov_b, np.cov(z.astype(np.float64), rowvar=False), rtol=1e-6, atol=1e-9)
+
+
+def block_sum(x: np.ndarray, start: int) -> tuple[int, np.ndarray]:
+    return start, x.astype(np.float64).sum(0)
+
+
+def test_held_blocks_are_shared_out_evenly_and_leave_when_dropped(cluster, tmp_path, monkeypatch):
+    import gc
+
+    from dask.distributed import futures_of
+
+    z = planted(9000)
+    run = latent_run(tmp_path / "run", z)
+    blocks = cluster.row_blocks(run / "latents.zarr" / "z", 2048)  # 5 blocks, 1 MB: held by default
+    assert blocks.held and len(blocks.blocks) == 5
+    futures = [f for b in blocks.blocks for f in futures_of(b)]
+    keys = [f.key for f in futures]
+    workers = sorted(cluster.client.scheduler_info(n_workers=-1)["workers"])
+    cluster.client.gather(futures)  # read
+    who = cluster.client.who_has(futures)
+    assert [tuple(who[k]) for k in keys] == [(workers[0],)] * 3 + [(workers[1],)] * 2
+    # mapped twice, the same answer each time, and that of numpy
+    for _ in range(2):
+        got = blocks.map(block_sum)
+        assert [s for s, _ in got] == [0, 2048, 4096, 6144, 8192]
+        np.testing.assert_allclose(sum(v for _, v in got), z.astype(np.float64).sum(0), rtol=1e-12)
+    del blocks, who, futures
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while any(set(keys) & set(ks) for ks in cluster.client.has_what().values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(set(keys) & set(ks) for ks in cluster.client.has_what().values()), "held blocks not released"
+    # where the array would take more than a third of the workers' memory, each pass reads it again
+    monkeypatch.setattr(type(cluster), "memory", lambda self: 3 * z.nbytes - 1)
+    unheld = cluster.row_blocks(run / "latents.zarr" / "z", 2048)
+    assert not unheld.held and not futures_of(unheld.blocks)
 
 
 def test_knn_graph_in_tiles_equals_the_self_join(cluster, tmp_path):

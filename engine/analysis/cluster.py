@@ -26,6 +26,7 @@ from engine.latents.store import iter_blocks
 logger = logging.getLogger(__name__)
 
 WORKER_WAIT_S = 60  # how long a command waits for the first worker of a scheduler
+HOLD_SHARE = 1 / 3  # row blocks stay in the workers' memory between passes when they take at most this share of it
 INSTALL = "pip install -e '.[dask]' (or pip install 'dask[distributed]')"
 
 
@@ -80,11 +81,15 @@ class Cluster:
 
         return self.compute([dask.delayed(_in_share, pure=False)(fn, *c) for c in calls], desc)
 
-    def map_row_blocks(self, fn: Callable, array_path: Path, rows: int, args: tuple = (),
-                       per_block: Sequence[tuple] | None = None, desc: str = "") -> list:
-        """``fn(block, start, *args, *per_block[b])`` for every block of ``rows`` rows of the Zarr array at
-        ``array_path`` (read on the workers with ``dask.array.from_zarr``); results in block order."""
-        import dask
+    def memory(self) -> int:
+        """The workers' memory limits added up, bytes (0 where a worker has none)."""
+        info = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        return int(sum(w.get("memory_limit") or 0 for w in info))
+
+    def row_blocks(self, array_path: Path, rows: int, hold: bool | None = None) -> RowBlocks:
+        """The blocks of ``rows`` rows of the Zarr array at ``array_path``, read on the workers with
+        ``dask.array.from_zarr``. ``hold``: read once and kept in the workers' memory for every pass over them
+        (None: when they take at most ``HOLD_SHARE`` of it), else read again by each pass."""
         import dask.array as da
         import zarr
 
@@ -93,11 +98,39 @@ class Cluster:
         # string would read through fsspec's async wrapper and a rechunk of the store's chunks would move
         # them between workers: 2x slower (bench stats_dask)
         z = zarr.open_array(str(Path(array_path).resolve()), mode="r")
-        blocks = da.from_zarr(z, chunks=(rows, *z.shape[1:])).to_delayed().ravel()
-        shared = [self.client.scatter(a, broadcast=True, hash=False) if _large(a) else a for a in args]
-        tasks = [dask.delayed(_in_share, pure=False)(fn, b, i * rows, *shared, *(per_block[i] if per_block else ()))
-                 for i, b in enumerate(blocks)]
-        return self.compute(tasks, desc)
+        blocks = list(da.from_zarr(z, chunks=(rows, *z.shape[1:])).to_delayed().ravel())
+        memory = self.memory()
+        if hold is None:
+            hold = z.nbytes <= HOLD_SHARE * memory
+        if hold:  # an even share of the blocks on each worker (the first share on the first, ...): the tasks of
+            # every pass then run where their block is, none waiting for a block to move
+            workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+            share = -(-len(blocks) // len(workers))
+            blocks = [held for w, s in zip(workers, range(0, len(blocks), share))
+                      for held in self.client.persist(blocks[s : s + share], workers=[w])]
+        if self.progress:
+            where = "held in the workers' memory" if hold else "read again by each pass"
+            print(f"dask: {len(blocks)} blocks of {rows:,} rows, {where} ({z.nbytes / 1e9:.2f} GB; the workers "
+                  f"have {memory / 1e9:.1f} GB)", file=sys.stderr)
+        return RowBlocks(self, blocks, rows, hold)
+
+
+class RowBlocks:
+    """Row blocks of an array on a cluster (``Cluster.row_blocks``): functions mapped over them as tasks. Held
+    blocks stay in the workers' memory until this object is dropped."""
+
+    def __init__(self, cluster: Cluster, blocks: list, rows: int, held: bool):
+        self.cluster, self.blocks, self.rows, self.held = cluster, blocks, rows, held
+
+    def map(self, fn: Callable, args: tuple = (), per_block: Sequence[tuple] | None = None, desc: str = "") -> list:
+        """``fn(block, start, *args, *per_block[b])`` for every block, as tasks; results in block order."""
+        import dask
+
+        shared = [self.cluster.client.scatter(a, broadcast=True, hash=False) if _large(a) else a for a in args]
+        tasks = [dask.delayed(_in_share, pure=False)(fn, b, i * self.rows, *shared,
+                                                     *(per_block[i] if per_block else ()))
+                 for i, b in enumerate(self.blocks)]
+        return self.cluster.compute(tasks, desc)
 
 
 def share_cores() -> None:
@@ -228,12 +261,12 @@ def _has_dashboard() -> bool:
     return True
 
 
-def row_block_results(cluster: Cluster | None, z, z_path: Path, fn: Callable, rows: int, args: tuple = (),
+def row_block_results(blocks: RowBlocks | None, z, fn: Callable, rows: int, args: tuple = (),
                       per_block: Sequence[tuple] | None = None, progress: bool = False, desc: str = "") -> Iterator:
     """``fn(block, start, *args, *per_block[b])`` over the row blocks of ``z``, in block order: in this process
-    (the next block read while ``fn`` works) or, with a cluster, as its tasks."""
-    if cluster is None:
+    (the next block read while ``fn`` works) or, given the cluster's ``blocks`` of ``z``, as its tasks."""
+    if blocks is None:
         for b, (start, x) in enumerate(iter_blocks(z, rows, progress, desc)):
             yield fn(x, start, *args, *(per_block[b] if per_block else ()))
         return
-    yield from cluster.map_row_blocks(fn, z_path, rows, args, per_block, desc)
+    yield from blocks.map(fn, args, per_block, desc)

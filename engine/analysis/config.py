@@ -24,6 +24,8 @@ class StatsConfig:
     write_pca: bool = True  # stream PCA coordinates of every point into latents.zarr
     figures: bool = True  # draw the PNG figures (most of the run time on small clouds)
     block_rows: int | None = None  # rows per streamed block (default ~16 MB of float32)
+    hold_blocks: bool | None = None  # on a cluster: read z once and keep it in the workers' memory for the
+    # three passes (None: where it takes at most a third of their memory), else read it in each pass
 
     def __post_init__(self):
         self.radius_bin_widths = tuple(float(w) for w in self.radius_bin_widths)

@@ -86,14 +86,14 @@ def _moments_block(x: np.ndarray, start: int):
     return (*block_moments(x), x.min(axis=0), x.max(axis=0), radius)
 
 
-def _moments_pass(z, z_path: Path, rows: int, progress: bool, cluster=None):
+def _moments_pass(z, z_path: Path, rows: int, progress: bool, blocks=None):
     """Pass 1: the fitted normal (merged block moments), per-component min/max, the radius of every row."""
     n, d = z.shape
     n_acc, mean_acc, m_acc = 0, np.zeros(d), np.zeros((d, d))
     lo, hi = np.full(d, np.inf), np.full(d, -np.inf)
     radius = np.empty(n, np.float64)
     pos = 0
-    for res in row_block_results(cluster, z, z_path, _moments_block, rows, progress=progress, desc="stats 1/3"):
+    for res in row_block_results(blocks, z, _moments_block, rows, progress=progress, desc="stats 1/3"):
         if not isinstance(res, tuple):
             raise ValueError(f"{z_path.parent}: row {res} of z holds NaN or inf; re-import with --drop-nonfinite")
         nb, mb, cb, lob, hib, rb = res
@@ -151,7 +151,7 @@ def _projection_block(x: np.ndarray, start: int, fit: GaussianFit, grid: tuple[f
 
 
 def _projection_pass(z, z_path: Path, rows: int, fit: GaussianFit, grid: tuple[float, float, int], windows, r3: float,
-                     pca_path: str | None, cfg, progress: bool, cluster=None):
+                     pca_path: str | None, cfg, progress: bool, blocks=None):
     """Pass 2: histograms, PCA coordinates, Mahalanobis distances, core moments, pair rasters."""
     n, d = z.shape
     counts = np.zeros((d, grid[2]), np.int64)
@@ -159,7 +159,7 @@ def _projection_pass(z, z_path: Path, rows: int, fit: GaussianFit, grid: tuple[f
     d2 = np.empty(n, np.float64)
     core_n, core_mean, core_m = 0, np.zeros(d), np.zeros((d, d))
     pos = 0
-    for cb, rb, db, mom in row_block_results(cluster, z, z_path, _projection_block, rows,
+    for cb, rb, db, mom in row_block_results(blocks, z, _projection_block, rows,
                                              (fit, grid, windows, r3, pca_path, cfg.pair_bins), progress=progress,
                                              desc="stats 2/3"):
         counts += cb
@@ -175,12 +175,11 @@ def _core_block(x: np.ndarray, start: int, r3: float, core: GaussianFit, d2: np.
     return core.mahalanobis2(np.ascontiguousarray(x, dtype=np.float32)[d2 <= r3])
 
 
-def _core_pass(z, z_path: Path, rows: int, d2: np.ndarray, r3: float, core: GaussianFit, progress: bool,
-               cluster=None) -> np.ndarray:
+def _core_pass(z, rows: int, d2: np.ndarray, r3: float, core: GaussianFit, progress: bool,
+               blocks=None) -> np.ndarray:
     """Pass 3: squared Mahalanobis distances of the core points against the core's own fit."""
     per_block = [(d2[s : s + rows],) for s in range(0, len(d2), rows)]
-    parts = list(row_block_results(cluster, z, z_path, _core_block, rows, (r3, core), per_block, progress,
-                                   "stats 3/3"))
+    parts = list(row_block_results(blocks, z, _core_block, rows, (r3, core), per_block, progress, "stats 3/3"))
     return np.concatenate(parts) if parts else np.empty(0)
 
 
@@ -253,9 +252,11 @@ def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None,
     t0 = time.perf_counter()
 
     z_path, rows = latents_path(run) / "z", stats_rows(z, cfg.block_rows)
+    blocks = None  # on a cluster: the row blocks the three passes map over, held in its memory where they fit
     if cluster is not None:
         cluster.check_readable(latents_path(run))
-    fit, lo, hi, radius = _moments_pass(z, z_path, rows, progress, cluster)
+        blocks = cluster.row_blocks(z_path, rows, cfg.hold_blocks)
+    fit, lo, hi, radius = _moments_pass(z, z_path, rows, progress, blocks)
     corr = correlation(fit.covariance_)
     w = cfg.bin_width
     e_lo = math.floor(lo.min() / w) * w
@@ -268,8 +269,9 @@ def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None,
         create_rows_array(latents, "pca", n, d, chunk=z.chunks[0])
         pca_path = str((latents_path(run) / "pca").resolve())
     counts, rasters, d2, core = _projection_pass(z, z_path, rows, fit, (e_lo, w, nbins), windows, r3, pca_path, cfg,
-                                                 progress, cluster)
-    core_d2 = _core_pass(z, z_path, rows, d2, r3, core, progress, cluster)
+                                                 progress, blocks)
+    core_d2 = _core_pass(z, rows, d2, r3, core, progress, blocks)
+    blocks = None  # held blocks leave the workers' memory
 
     edges = uniform_edges(e_lo, w, nbins)
     components, dominant, rule = _components(counts, edges, n, fit, lo, hi, cfg)
