@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench.measure import available_cores, cpu_seconds, machine, pin_threads
 from bench.profile import profile
-from bench.results import Row, format_table, merge_previous, row_to_json, write_results
+from bench.results import Row, format_table, machine_label, merge_previous, row_to_json, write_results
 from bench.stages import NEED_IMAGES, STAGES
 from bench.stages_data import image_folder
 
@@ -47,11 +47,12 @@ def default_out_dir(small: bool) -> Path:
 
 def _run_stages(names: list[str], ctx: dict) -> list[Row]:
     rows: list[Row] = []
+    here = machine_label(machine())
     for name in names:
         t0, c0 = time.perf_counter(), cpu_seconds()
         new = STAGES[name](ctx)
         for r in new:
-            r.group = name
+            r.group, r.machine = name, here
         rows += new
         print(f"[bench] {name}: {time.perf_counter() - t0:.1f} s (CPU {cpu_seconds() - c0:.1f} s)", flush=True)
         print(format_table(new), flush=True)

@@ -25,6 +25,7 @@ class Row:
     notes: str = ""
     extra: dict = field(default_factory=dict)
     group: str = ""  # the STAGES entry that produced the row
+    machine: str = ""  # where it was measured (machine_label); rows kept by a partial run keep theirs
 
     @property
     def ratio(self) -> float:
@@ -85,14 +86,33 @@ def merge_previous(rows: list[Row], out_dir: Path, small: bool, names: list[str]
     return sorted(kept + rows, key=lambda r: order.index(r.group) if r.group in order else len(order))
 
 
+def machine_label(info: dict) -> str:
+    """"AMD EPYC, 2 cores, no GPU": the machine of ``bench.measure.machine()`` in a few words."""
+    gpu = f"GPU {info['gpu']} (CUDA {info['cuda']})" if info.get("gpu") else "no GPU"
+    return f"{info['cpu']}, {info['cores']} cores, {gpu}"
+
+
+def other_machines(rows: list[Row], label: str) -> str:
+    """A sentence naming the rows that a partial run kept from runs on other machines than ``label``."""
+    by: dict[str, list[str]] = {}
+    for r in rows:
+        if r.machine and r.machine != label and r.stage not in by.setdefault(r.machine, []):
+            by[r.machine].append(r.stage)
+    if not by:
+        return ""
+    return ("Rows kept from earlier runs on other machines (`--only` refreshed the rest): "
+            + "; ".join(f"{m}: {', '.join(stages)}" for m, stages in by.items()) + ". Compare ratios, not times, "
+            "across them.\n\n")
+
+
 def results_markdown(rows: list[Row], info: dict, small: bool, cores: int, pins: dict) -> str:
-    gpu = f", GPU {info['gpu']} (CUDA {info['cuda']})" if info["gpu"] else ", no GPU"
     pinned = "; ".join(f"{k} {v if not isinstance(v, list) else ', '.join(v)}" for k, v in pins.items())
     return (f"# Benchmark results{' (--small)' if small else ''}\n\n"
-            f"Machine: {info['cpu']}, {info['cores']} cores{gpu}; threads pinned to {cores} ({pinned}). "
+            f"Machine of this run: {machine_label(info)}; threads pinned to {cores} ({pinned}). "
             f"Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".\n\n"
+            + other_machines(rows, machine_label(info)) +
             "Ratio = baseline time / our time (above 1: zspace is faster); both sides timed in the same process after "
-            "a warm-up. Absolute times hold for this machine only.\n\n"
+            "a warm-up. Absolute times hold for the machine that measured them only.\n\n"
             f"{PEAK_NOTE[0].upper() + PEAK_NOTE[1:]}\n\n" + format_table(rows)
             + "\nHow each stage's cost grows with N, and the t-SNE of all 202,599 points beside openTSNE's defaults: "
               "`zspace bench --scaling` (SCALING.md, figures/scaling.png).\n")

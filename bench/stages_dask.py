@@ -1,6 +1,6 @@
 """``--dask local:2`` against in-process: ``zspace stats`` on a large cloud and the exact kNN graph, same data,
-same machine, after a warm-up on both sides (stats: the median of 3 runs a side, taking turns; the graph: one
-run a side); with each worker's peak resident memory."""
+same machine, after a warm-up on both sides, the median of 3 runs a side taking turns; with each worker's peak
+resident memory over each workload's runs."""
 
 from __future__ import annotations
 
@@ -14,17 +14,26 @@ from pathlib import Path
 from bench.results import Row
 from bench.stages_analysis import write_latents
 
-STATS_RUNS = 3  # rounds of in-process and --dask stats on the full-size cloud (the ratio of their medians)
+RUNS = 3  # rounds of in-process and --dask runs of each workload at full size (the ratio of their medians)
 
 
 def _worker_peaks_mb(cluster) -> list[float]:
-    """Each worker process's peak resident memory so far (VmHWM), MB."""
+    """Each worker process's peak resident memory since the last ``_reset_peaks`` (VmHWM), MB."""
     def hwm() -> float:
         import re
 
         return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024 / 1e6
 
     return sorted(cluster.client.run(hwm).values())
+
+
+def _reset_peaks(cluster) -> None:
+    """Each worker's VmHWM back to its resident memory now (Linux: 5 into /proc/self/clear_refs)."""
+    def reset() -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    cluster.client.run(reset)
 
 
 def _interleaved(runs: int, **sides) -> dict[str, list[float]]:
@@ -49,7 +58,7 @@ def stage_dask(ctx) -> list[Row]:
 
     sizes = ctx["sizes"]
     n_stats, n_knn, k = (1_000_000, 200_000, 16) if sizes.knn_rows >= 50_000 else (20_000, 5_000, 16)
-    runs = STATS_RUNS if sizes.knn_rows >= 50_000 else 1
+    runs = RUNS if sizes.knn_rows >= 50_000 else 1
     work = Path(tempfile.mkdtemp(dir=ctx["workdir"]))
     warm, big, graph = work / "warm", work / "big", work / "graph"
     write_latents(warm, 20_000)
@@ -58,23 +67,22 @@ def stage_dask(ctx) -> list[Row]:
     rows = []
     compute_stats(warm, progress=False)  # in-process warm-up: numba compiles
     knn_graph(x[:3000], k)
-    t0 = time.perf_counter()
-    knn_graph(x, k)
-    t_knn_in = time.perf_counter() - t0
     with open_cluster("local:2", progress=False) as cluster:
         compute_stats(warm, progress=False, cluster=cluster)  # the workers compile too
         knn_graph_on(cluster, warm / "latents.zarr" / "z", 20_000, k)
+        _reset_peaks(cluster)
         times = _interleaved(runs, inproc=lambda: compute_stats(big, progress=False),
                              dask=lambda: compute_stats(big, progress=False, cluster=cluster))
         peaks_stats = _worker_peaks_mb(cluster)
-        t0 = time.perf_counter()
-        knn_graph_on(cluster, graph / "latents.zarr" / "z", n_knn, k)
-        t_knn_dask = time.perf_counter() - t0
+        _reset_peaks(cluster)
+        knn_times = _interleaved(runs, inproc=lambda: knn_graph(x, k),
+                                 dask=lambda: knn_graph_on(cluster, graph / "latents.zarr" / "z", n_knn, k))
         peaks_knn = _worker_peaks_mb(cluster)
     shutil.rmtree(work)
     t_in, t_dask = median(times["inproc"]), median(times["dask"])
-    each = "; ".join(f"{name} {', '.join(f'{t:.1f}' for t in ts)} s" for name, ts in
-                     (("in process", times["inproc"]), ("dask", times["dask"])))
+    t_knn_in, t_knn_dask = median(knn_times["inproc"]), median(knn_times["dask"])
+    each, knn_each = (f"in process {', '.join(f'{t:.1f}' for t in ts['inproc'])} s; dask "
+                      f"{', '.join(f'{t:.1f}' for t in ts['dask'])} s" for ts in (times, knn_times))
     rows.append(Row("stats_dask", f"{n_stats:,} x 256 from Zarr", t_dask, t_in, "zspace stats --dask local:2",
                     "zspace stats in process", f"{n_stats / t_dask:,.0f} rows/s", peak_mb=max(peaks_stats),
                     notes=f"overhead {t_dask / t_in:.2f}x (target <= 1.3x), medians of {runs} runs each taking "
@@ -84,10 +92,11 @@ def stage_dask(ctx) -> list[Row]:
     rows.append(Row("knn_dask", f"{n_knn:,} x 256, k={k}", t_knn_dask, t_knn_in,
                     "exact graph in tiles on --dask local:2", "self-join kernel in process",
                     f"{n_knn / t_knn_dask:,.0f} pts/s", peak_mb=max(peaks_knn),
-                    notes=f"overhead {t_knn_dask / t_knn_in:.2f}x (target <= 1.3x); peak RSS per worker "
-                          f"{', '.join(f'{p:,.0f}' for p in peaks_knn)} MB: a tile task holds two 65,536-row blocks, their "
-                          f"lists and one 64 MB tile at any N; the lists waiting for their merge add the rest",
-                    extra={"overhead": t_knn_dask / t_knn_in, "worker_peak_mb": peaks_knn}))
+                    notes=f"overhead {t_knn_dask / t_knn_in:.2f}x (target <= 1.3x), medians of {runs} runs each "
+                          f"taking turns ({knn_each}); peak RSS per worker {', '.join(f'{p:,.0f}' for p in peaks_knn)} "
+                          f"MB: a tile task holds two blocks of at most 65,536 rows, their lists and one tile at any N; "
+                          f"the lists waiting for their merge add the rest",
+                    extra={"overhead": t_knn_dask / t_knn_in, "worker_peak_mb": peaks_knn, "runs_s": knn_times}))
     return rows
 
 

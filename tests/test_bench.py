@@ -83,6 +83,27 @@ def test_unknown_stage_is_an_error(tmp_path):
     assert e.value.code == 2
 
 
+def test_rows_kept_from_another_machine_are_named(tmp_path):
+    """A partial run keeps the other stages' rows with the machine that measured them, and RESULTS.md says which."""
+    from bench.results import Row, machine_label, merge_previous, results_markdown, row_to_json
+
+    info = {"cpu": "Fast CPU", "cores": 2, "gpu": None, "cuda": None, "python": "3", "versions": {}}
+    here = machine_label(info)
+    old = Row("prepare", "6000 JPEGs", 4.0, 6.0, "ours", "PIL", "-", group="prepare",
+              machine="Old CPU, 2 cores, no GPU")
+    unlabelled = Row("encode", "6000 img", 6.0, 14.0, "ours", "PIL", "-", group="encode")
+    saved = {"small": False, "rows": [row_to_json(old), row_to_json(unlabelled)]}
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    new = Row("stats_dask", "1M", 20.0, 19.0, "dask", "in process", "-", group="dask", machine=here)
+    rows = merge_previous([new], tmp_path, False, ["dask"], ["prepare", "encode", "dask"])
+    assert [(r.stage, r.machine) for r in rows] == [("prepare", old.machine), ("encode", ""), ("stats_dask", here)]
+    md = results_markdown(rows, info, False, 2, {"torch": 2})
+    assert f"Machine of this run: {here};" in md
+    assert "on other machines (`--only` refreshed the rest): Old CPU, 2 cores, no GPU: prepare." in md
+    assert "encode" not in md.split("| stage |")[0]  # a row without a machine is not said to be from another one
+    assert "other machines" not in results_markdown([new], info, False, 2, {"torch": 2})
+
+
 def _bench_modules():
     return {p.stem: ast.parse(p.read_text(), filename=str(p)) for p in sorted(BENCH.glob("*.py"))}
 
