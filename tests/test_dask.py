@@ -203,6 +203,43 @@ def test_a_killed_worker_is_replaced_and_the_graph_is_unchanged(cluster, tmp_pat
     assert cluster.workers == 2
 
 
+def test_a_worker_killed_between_stats_passes_loses_its_held_blocks_and_the_stats_are_unchanged(
+        cluster, tmp_path, monkeypatch):
+    import engine.analysis.stats as stats_module
+
+    z = planted(9000)
+    one, two = latent_run(tmp_path / "one", z), latent_run(tmp_path / "two", z)
+    cfg = StatsConfig(block_rows=2048, hold_blocks=True, figures=False)
+    ref = compute_stats(one, cfg, progress=False)
+    second_pass = stats_module._projection_pass
+
+    def kill_a_worker_first(*args, **kwargs):  # after pass 1: half the held blocks die with their worker
+        victim = sorted(cluster.client.scheduler_info(n_workers=-1)["workers"])[0]
+        os.kill(next(iter(cluster.client.run(os.getpid, workers=[victim]).values())), signal.SIGKILL)
+        deadline = time.time() + 30
+        while victim in cluster.client.scheduler_info(n_workers=-1)["workers"] and time.time() < deadline:
+            time.sleep(0.1)
+        return second_pass(*args, **kwargs)
+
+    monkeypatch.setattr(stats_module, "_projection_pass", kill_a_worker_first)
+    out = {}
+    job = threading.Thread(target=lambda: out.update(s=compute_stats(two, cfg, progress=False, cluster=cluster)))
+    job.start()
+    job.join(timeout=180)
+    assert "s" in out, "stats did not finish after a worker holding blocks died"
+    got = out["s"]
+    assert got["normality"] == ref["normality"] and got["radius"] == ref["radius"]
+    np.testing.assert_allclose(*(np.load(r / "stats" / "covariance.npy") for r in (two, one)), rtol=1e-9, atol=0)
+    for key, a in np.load(one / "stats" / "density.npz").items():
+        assert np.array_equal(np.load(two / "stats" / "density.npz")[key], a), key
+    pa, pb = (zarr.open_group(r / "latents.zarr")["pca"][:] for r in (one, two))
+    assert np.array_equal(pa, pb)
+    deadline = time.time() + 30
+    while cluster.workers < 2 and time.time() < deadline:  # the nanny starts a new worker
+        time.sleep(0.2)
+    assert cluster.workers == 2
+
+
 def test_dask_missing_or_unreachable_is_one_line(tmp_path):
     run = latent_run(tmp_path / "run", planted(200))
     code = ("import sys; sys.modules['dask'] = sys.modules['distributed'] = sys.modules['dask.distributed'] = None; "

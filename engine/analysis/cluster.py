@@ -103,11 +103,12 @@ class Cluster:
         if hold is None:
             hold = z.nbytes <= HOLD_SHARE * memory
         if hold:  # an even share of the blocks on each worker (the first share on the first, ...): the tasks of
-            # every pass then run where their block is, none waiting for a block to move
+            # every pass then run where their block is, none waiting for a block to move. A preference, not a
+            # rule: the blocks of a worker that dies are read again by another
             workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])
             share = -(-len(blocks) // len(workers))
             blocks = [held for w, s in zip(workers, range(0, len(blocks), share))
-                      for held in self.client.persist(blocks[s : s + share], workers=[w])]
+                      for held in self.client.persist(blocks[s : s + share], workers=[w], allow_other_workers=True)]
         if self.progress:
             where = "held in the workers' memory" if hold else "read again by each pass"
             print(f"dask: {len(blocks)} blocks of {rows:,} rows, {where} ({z.nbytes / 1e9:.2f} GB; the workers "
