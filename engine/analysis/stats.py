@@ -150,7 +150,7 @@ def _projection_block(x: np.ndarray, start: int, fit: GaussianFit, grid: tuple[f
     return counts, rasters, d2, block_moments(x[d2 <= r3])
 
 
-def _projection_pass(z, z_path: Path, rows: int, fit: GaussianFit, grid: tuple[float, float, int], windows, r3: float,
+def _projection_pass(z, rows: int, fit: GaussianFit, grid: tuple[float, float, int], windows, r3: float,
                      pca_path: str | None, cfg, progress: bool, blocks=None):
     """Pass 2: histograms, PCA coordinates, Mahalanobis distances, core moments, pair rasters."""
     n, d = z.shape
@@ -268,7 +268,7 @@ def compute_stats(run_dir: str | os.PathLike, config: StatsConfig | None = None,
     if cfg.write_pca:
         create_rows_array(latents, "pca", n, d, chunk=z.chunks[0])
         pca_path = str((latents_path(run) / "pca").resolve())
-    counts, rasters, d2, core = _projection_pass(z, z_path, rows, fit, (e_lo, w, nbins), windows, r3, pca_path, cfg,
+    counts, rasters, d2, core = _projection_pass(z, rows, fit, (e_lo, w, nbins), windows, r3, pca_path, cfg,
                                                  progress, blocks)
     core_d2 = _core_pass(z, rows, d2, r3, core, progress, blocks)
     blocks = None  # held blocks leave the workers' memory
