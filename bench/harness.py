@@ -45,9 +45,9 @@ def default_out_dir(small: bool) -> Path:
     return SMALL_OUT if small else HERE
 
 
-def _run_stages(names: list[str], ctx: dict) -> list[Row]:
+def _run_stages(names: list[str], ctx: dict, here: str) -> list[Row]:
+    """The rows of each stage in ``names``, each marked with its stage and ``here`` (the machine)."""
     rows: list[Row] = []
-    here = machine_label(machine())
     for name in names:
         t0, c0 = time.perf_counter(), cpu_seconds()
         new = STAGES[name](ctx)
@@ -72,7 +72,9 @@ def run_bench(small: bool = False, only: list[str] | None = None, data: str | No
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(small)
     cores = threads or available_cores()
     sizes = profile(small)
+    info = machine()
     pins, restore = pin_threads(cores)
+    info["torch_threads"] = pins["torch"]
     workdir = Path(tempfile.mkdtemp(prefix="zspace-bench-"))
     t_all = time.perf_counter()
     try:
@@ -80,13 +82,11 @@ def run_bench(small: bool = False, only: list[str] | None = None, data: str | No
         ctx["figures"].mkdir(parents=True, exist_ok=True)
         if NEED_IMAGES & set(names):
             ctx["images"] = image_folder(sizes.images, Path(data) if data else None, workdir)
-        rows = _run_stages(names, ctx)
+        rows = _run_stages(names, ctx, machine_label(info))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         restore()
     seconds = time.perf_counter() - t_all
-    info = machine()
-    info["torch_threads"] = pins["torch"]
     if only:
         rows = merge_previous(rows, out_dir, small, names, list(STAGES))
     result = {"machine": info, "small": small, "threads": cores, "thread_pins": pins, "seconds": seconds,
