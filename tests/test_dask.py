@@ -61,6 +61,19 @@ def assert_same_graph(d1, i1, d0, i0, z: np.ndarray, swaps: float = 1e-3) -> Non
     assert (i1 != i0).mean() < swaps
 
 
+def assert_same_stats(one: Path, a: dict, two: Path, b: dict) -> None:
+    """Stats of the same cloud in runs ``one`` and ``two`` agree: co-moments to 1e-9 relative; histograms, radii,
+    the full normality test and the PCA coordinates in latents.zarr exactly."""
+    cov_a, cov_b = (np.load(r / "stats" / "covariance.npy") for r in (one, two))
+    np.testing.assert_allclose(cov_b, cov_a, rtol=1e-9, atol=0)
+    da, db = (np.load(r / "stats" / "density.npz") for r in (one, two))
+    for key in da.files:
+        assert np.array_equal(da[key], db[key]), f"{key} differs"  # histograms exactly
+    pa, pb = (zarr.open_group(r / "latents.zarr")["pca"][:] for r in (one, two))
+    assert np.array_equal(pa, pb), "PCA coordinates written by the workers equal those written here"
+    assert a["normality"]["full"] == b["normality"]["full"] and a["radius"] == b["radius"]
+
+
 @pytest.mark.parametrize("hold", [True, False], ids=["blocks-held", "blocks-read-per-pass"])
 def test_stats_on_the_cluster_equal_in_process(cluster, tmp_path, hold):
     z = planted(9000)
@@ -68,16 +81,10 @@ def test_stats_on_the_cluster_equal_in_process(cluster, tmp_path, hold):
     cfg = StatsConfig(block_rows=2048, hold_blocks=hold)  # 5 blocks: the merges of several tasks are exercised
     a = compute_stats(one, cfg, progress=False)
     b = compute_stats(two, cfg, progress=False, cluster=cluster)
-    cov_a, cov_b = (np.load(r / "stats" / "covariance.npy") for r in (one, two))
-    np.testing.assert_allclose(cov_b, cov_a, rtol=1e-9, atol=0)
+    assert_same_stats(one, a, two, b)
     mean_a, mean_b = (np.array([c["mean"] for c in r["components"]]) for r in (a, b))
     np.testing.assert_allclose(mean_b, mean_a, rtol=1e-9, atol=0)
-    da, db = (np.load(r / "stats" / "density.npz") for r in (one, two))
-    for key in da.files:
-        assert np.array_equal(da[key], db[key]), f"{key} differs"  # histograms exactly
-    pa, pb = (zarr.open_group(r / "latents.zarr")["pca"][:] for r in (one, two))
-    assert np.array_equal(pa, pb), "PCA coordinates written by the workers equal those written here"
-    assert a["normality"]["full"] == b["normality"]["full"] and a["radius"] == b["radius"]
+    cov_b = np.load(two / "stats" / "covariance.npy")
     # and against an independent reference: numpy's covariance of all rows
     np.testing.assert_allclose(cov_b, np.cov(z.astype(np.float64), rowvar=False), rtol=1e-6, atol=1e-9)
 
@@ -227,17 +234,23 @@ def test_a_worker_killed_between_stats_passes_loses_its_held_blocks_and_the_stat
     job.start()
     job.join(timeout=180)
     assert "s" in out, "stats did not finish after a worker holding blocks died"
-    got = out["s"]
-    assert got["normality"] == ref["normality"] and got["radius"] == ref["radius"]
-    np.testing.assert_allclose(*(np.load(r / "stats" / "covariance.npy") for r in (two, one)), rtol=1e-9, atol=0)
-    for key, a in np.load(one / "stats" / "density.npz").items():
-        assert np.array_equal(np.load(two / "stats" / "density.npz")[key], a), key
-    pa, pb = (zarr.open_group(r / "latents.zarr")["pca"][:] for r in (one, two))
-    assert np.array_equal(pa, pb)
+    assert_same_stats(one, ref, two, out["s"])
+    assert out["s"]["normality"] == ref["normality"]
     deadline = time.time() + 30
     while cluster.workers < 2 and time.time() < deadline:  # the nanny starts a new worker
         time.sleep(0.2)
     assert cluster.workers == 2
+
+
+def test_a_misspelt_local_spec_is_named_at_once():
+    from engine.analysis.cluster import parse_spec
+
+    for typo in ("lcoal:2", "locl:2", "loacl:4"):
+        with pytest.raises(ValueError, match=f"did you mean local:{typo[-1]}"):
+            parse_spec(typo)
+    assert parse_spec("local:2") == ("local", 2)
+    for address in ("localhost:8786", "tcp://localhost:8786", "tcp://lcoal:8786", "node17:8786"):
+        assert parse_spec(address) == ("address", address)
 
 
 def test_dask_missing_or_unreachable_is_one_line(tmp_path):

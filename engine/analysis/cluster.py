@@ -12,6 +12,7 @@ themselves: it must be on storage every worker can reach.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import os
 import sys
@@ -188,6 +189,11 @@ def parse_spec(spec: str) -> tuple[str, int | str]:
         return "local", n
     if "://" not in spec and ":" not in spec:
         raise ValueError(f"--dask takes a scheduler address (tcp://host:8786) or local:N, got {spec!r}")
+    host = spec.split("://")[-1].split(":")[0]
+    if "://" not in spec and host != "localhost" and difflib.get_close_matches(host, ["local"], cutoff=0.75):
+        # "lcoal:2" would otherwise wait 20 s for a scheduler on a host of that name
+        raise ValueError(f"--dask {spec!r}: did you mean local:{spec.split(':', 1)[1]}? (a scheduler's address is "
+                         f"tcp://host:8786)")
     return "address", spec
 
 
