@@ -15,9 +15,10 @@ of the fresh process.
     python -m bench --scaling [--small]      # cost against N (bench.scaling)
 
 The sizes of both profiles are in bench.profile.SIZES. The full run writes ``bench/results.json`` and
-``bench/RESULTS.md``; ``--small`` writes to ``bench/small/`` unless ``--out`` says otherwise. ``--small`` is
-the CI profile: about 2 to 3 minutes on 2 cores (measured 2.2-2.7 min wall, about 2 min of CPU, on a
-2-core machine shared with other work).
+``bench/RESULTS.md`` (keeping the hand-written notes below its ``bench.results.NOTES_MARKER`` line);
+``--small`` writes to ``bench/small/`` unless ``--out`` says otherwise. ``--small`` is the CI profile: about
+2 to 3 minutes on 2 cores (measured 2.2-2.7 min wall, about 2 min of CPU, on a 2-core machine shared with
+other work).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Result rows and the two files a run writes: ``results.json`` (strict JSON) and ``RESULTS.md``."""
+"""Result rows and the two files a run writes: ``results.json`` (strict JSON) and ``RESULTS.md``.
+
+``RESULTS.md`` is generated down to the line ``NOTES_MARKER``; what follows that line is written by hand
+(measurements of the main job, real CelebA, Dask and DDP runs, scaling) and is kept byte for byte when a run
+rewrites the file.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 PEAK_NOTE = ("peak MB: the largest growth of resident memory (this process plus its worker processes, sampled every "
              "5 ms, with the kernel's high-water mark) above its level when ours started, while ours ran; "
              "for the end-to-end stats rows, the peak RSS (VmHWM) of the fresh process that ran them.")
+NOTES_MARKER = "<!-- notes: kept by zspace bench -->"  # RESULTS.md from this line on is hand-written
 
 
 @dataclass
@@ -118,9 +124,21 @@ def results_markdown(rows: list[Row], info: dict, small: bool, cores: int, pins:
               "`zspace bench --scaling` (SCALING.md, figures/scaling.png).\n")
 
 
+def kept_notes(path: Path) -> bytes:
+    """The hand-written part of an existing RESULTS.md: its bytes from the line ``NOTES_MARKER`` on (b"" when
+    the file or the line is missing)."""
+    if not path.exists():
+        return b""
+    text, marker = b"\n" + path.read_bytes(), b"\n" + NOTES_MARKER.encode()
+    at = text.find(marker)
+    return text[at + 1:] if at >= 0 else b""
+
+
 def write_results(out_dir: Path, result: dict, rows: list[Row]) -> None:
-    """``out_dir``/results.json (``result``, its rows already JSON) and ``out_dir``/RESULTS.md."""
+    """``out_dir``/results.json (``result``, its rows already JSON) and ``out_dir``/RESULTS.md, whose notes
+    below ``NOTES_MARKER`` (if any) survive the rewrite unchanged."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2))
     md = results_markdown(rows, result["machine"], result["small"], result["threads"], result["thread_pins"])
-    (out_dir / "RESULTS.md").write_text(md)
+    notes = kept_notes(out_dir / "RESULTS.md")
+    (out_dir / "RESULTS.md").write_bytes(md.encode() + (b"\n" + notes if notes else b""))

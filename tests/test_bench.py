@@ -168,3 +168,24 @@ def test_scaling_small_writes_table_figure_and_exponents(tmp_path):
     md = (tmp_path / "SCALING.md").read_text()
     assert all(f"| {s} |" in md for s in STAGE_LABELS if s != "tsne_subset")
     assert fitted_exponent([1e3, 1e4, 1e5], [1.0, 100.0, 1e4]) == pytest.approx(2.0)
+
+
+def test_a_rewritten_results_md_keeps_its_notes_byte_for_byte(tmp_path):
+    """RESULTS.md below NOTES_MARKER is hand-written: a run rewrites the table above it and keeps the notes."""
+    from bench.results import NOTES_MARKER, Row, results_markdown, row_to_json, write_results
+
+    info = {"cpu": "Fast CPU", "cores": 2, "gpu": None, "cuda": None, "python": "3", "versions": {"numpy": "2"}}
+    rows = [Row("prepare", "6000 JPEGs", 4.0, 6.0, "ours", "PIL", "-", group="prepare")]
+    result = {"machine": info, "small": False, "threads": 2, "thread_pins": {"torch": 2},
+              "rows": [row_to_json(r) for r in rows]}
+    notes = f"{NOTES_MARKER}\n## Notes\n\nA paragraph, a table and odd bytes: | a | b |\r\n\u00e9 x \t\n\n\n".encode()
+    (tmp_path / "RESULTS.md").write_bytes(b"# an old table\n\n| prepare | stale |\n\n" + notes)
+    for _ in range(2):  # and again on its own output
+        write_results(tmp_path, result, rows)
+        md = (tmp_path / "RESULTS.md").read_bytes()
+        table = results_markdown(rows, info, False, 2, {"torch": 2}).encode()
+        assert md == table + b"\n" + notes, md[-300:]
+    (tmp_path / "RESULTS.md").write_text("# no notes\n")  # a file without the marker is simply replaced
+    write_results(tmp_path, result, rows)
+    assert (tmp_path / "RESULTS.md").read_bytes() == table
+
