@@ -34,7 +34,7 @@ from engine.generation.config import CompareConfig, FacemapConfig
 from engine.generation.facemap import facemap
 from engine.latents.store import open_latents
 from engine.layout import cache_path, checkpoints_dir, latents_path
-from engine.model.checkpoint import CheckpointError, nonfinite_weights, read_checkpoint
+from engine.model.checkpoint import CheckpointError, UnsafeCheckpoint, nonfinite_weights, read_checkpoint
 from engine.model.config import ModelConfig, TrainConfig
 from engine.model.encode import encode
 from engine.model.launch import launch, train_call
@@ -226,10 +226,13 @@ def run(
 
 
 def _check(label: str, fn) -> dict:
-    """Run one check: {"what", "ok", "problem"}; a check raising a zspace error is a finding, not a crash."""
+    """Run one check: {"what", "ok", "problem"}; a check raising a zspace error is a finding, not a crash. A
+    checkpoint that would run code is no finding: ``UnsafeCheckpoint`` ends the verify, as it ends every verb."""
     try:
         detail = fn()
         return {"what": label, "ok": True, "detail": detail}
+    except UnsafeCheckpoint:
+        raise
     except (ValueError, FileNotFoundError, KeyError) as exc:
         return {"what": label, "ok": False, "problem": str(exc)}
 

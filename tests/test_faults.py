@@ -100,7 +100,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_it_and_the_alternative(own_run,
 
 
 def test_non_finite_weights_are_refused_by_encode(own_run):
-    ckpt = torch.load(own_run / "checkpoints" / "best.pt", weights_only=False)
+    ckpt = torch.load(own_run / "checkpoints" / "best.pt", weights_only=True)
     first = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
     ckpt["model"][first][...] = float("nan")
     torch.save(ckpt, own_run / "checkpoints" / "best.pt")
@@ -278,8 +278,8 @@ def test_kill_9_at_random_points_then_resume_equals_a_clean_run(tmp_path):
     a, b = zarr_group(clean / "images.zarr"), zarr_group(faulty / "images.zarr")
     np.testing.assert_array_equal(a["images"][:], b["images"][:])
     assert list(a["ids"][:]) == list(b["ids"][:])
-    wa = torch.load(clean / "checkpoints" / "last.pt", weights_only=False)["model"]
-    wb = torch.load(faulty / "checkpoints" / "last.pt", weights_only=False)["model"]
+    wa = torch.load(clean / "checkpoints" / "last.pt", weights_only=True)["model"]
+    wb = torch.load(faulty / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed training differs from the clean run"
     np.testing.assert_array_equal(zarr_group(clean / "latents.zarr")["z"][:], zarr_group(faulty / "latents.zarr")["z"][:])
 
@@ -341,11 +341,11 @@ def test_replacements_are_built_beside_and_a_failed_one_leaves_the_old_data(own_
     assert not (own_run / "images.zarr.new").exists()
 
     # train --overwrite that diverges at once: the old model comes back
-    old_weights = torch.load(own_run / "checkpoints" / "last.pt", weights_only=False)["model"]
+    old_weights = torch.load(own_run / "checkpoints" / "last.pt", weights_only=True)["model"]
     with pytest.raises(TrainingDiverged):
         train(own_run, TrainConfig(epochs=1, batch_size=32, lr=1e30, device="cpu"), ModelConfig(size=64, z_dim=32),
               overwrite=True, progress=False)
-    back = torch.load(own_run / "checkpoints" / "last.pt", weights_only=False)["model"]
+    back = torch.load(own_run / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(old_weights[k], back[k]) for k in old_weights)
     assert not (own_run / "checkpoints.replaced").exists()
 
@@ -370,7 +370,7 @@ def test_zspace_run_interrupted_while_replacing_a_stage_finishes_the_replacement
 
     opts = {**TINY, "compare_n": 20, "tsne_n": 100}
     run(tmp_path, quick=True, device="cpu", progress=False, until="train", **opts)
-    first = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["model"]
+    first = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
     real_train = engine.pipeline.train
 
     def killed(*args, **kwargs):
@@ -381,7 +381,7 @@ def test_zspace_run_interrupted_while_replacing_a_stage_finishes_the_replacement
         run(tmp_path, quick=True, device="cpu", progress=False, until="train", **{**opts, "seed": 1})
     monkeypatch.setattr(engine.pipeline, "train", real_train)
     run(tmp_path, quick=True, device="cpu", progress=False, until="train", **{**opts, "seed": 1})
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["config"]["train"]["seed"] == 1, "the rerun resumed the old model instead of replacing it"
     assert not all(torch.equal(first[k], ckpt["model"][k]) for k in first)
     assert not (tmp_path / "checkpoints.replaced").exists()

@@ -120,9 +120,6 @@ def trace_paths(run_dir: str | os.PathLike, n_points: int = PathsConfig.n_points
             if a == b or not (lo <= a < d + lo and lo <= b < d + lo):
                 raise ValueError(f"{name} plane ({a}, {b}): two different indices in {lo}..{d - 1 + lo} are needed "
                                  f"(the latents have {d} components)")
-    out = run / "generate" / "paths"
-    out.mkdir(parents=True, exist_ok=True)
-
     paths = []
     pts = origin_to_centre(mean, 6)
     u, v = path_plane(pts, mean, vec[:, 0])
@@ -145,7 +142,9 @@ def trace_paths(run_dir: str | os.PathLike, n_points: int = PathsConfig.n_points
                       ("along the path", "PC1 (orthogonal part)")))
 
     summary, decoded = [], {}
-    model, dev, prec = load_model(run, device=device)  # once for every path
+    model, dev, prec = load_model(run, device=device)  # once for every path, before anything is written
+    out = run / "generate" / "paths"
+    out.mkdir(parents=True, exist_ok=True)
     for name, title, pts, u, v, lab in paths:
         images = decode_with(model, pts.astype(np.float32), dev, prec)
         decoded[name] = (pts.astype(np.float32), images)

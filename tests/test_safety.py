@@ -1,0 +1,147 @@
+"""No file zspace reads can run code: crafted checkpoints are refused unread by every verb that opens one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from cli import main
+from engine.files import file_sha256
+from engine.model.checkpoint import (
+    CheckpointError,
+    UnsafeCheckpoint,
+    check_plain,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+class RunsCode:
+    """Pickles as a call of ``os.system``: what a crafted checkpoint carries."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("generate", "facemap", "report"))
+    return run
+
+
+def crafted(kind: str, good: Path, marker: Path) -> dict:
+    """``whole``: the model entry is the payload; ``extra``: a valid checkpoint with one more entry that is."""
+    if kind == "whole":
+        return {"model": RunsCode(marker)}
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["notes"] = [RunsCode(marker)]
+    return ckpt
+
+
+def one_line_error(capsys, name: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, f"expected one line, got:\n{err}"
+    assert name in err and "refused" in err, err
+    return err
+
+
+@pytest.mark.parametrize("kind", ["whole", "extra"])
+def test_a_crafted_checkpoint_runs_nothing_through_any_verb(run_copy, tmp_path, kind, capsys):
+    marker = tmp_path / "PWNED"
+    payload = crafted(kind, run_copy / "checkpoints" / "best.pt", marker)
+    # the payload is real: an unrestricted load runs it (so its absence below means the refusal worked)
+    torch.save(payload, tmp_path / "probe.pt")
+    torch.load(tmp_path / "probe.pt", weights_only=False)
+    assert marker.exists(), "the crafted payload does not run under a plain load: the test would prove nothing"
+    marker.unlink()
+
+    evil = tmp_path / "evil.pt"
+    torch.save(payload, evil)
+    run = str(run_copy)
+    assert main(["encode", "--run", run, "--checkpoint", str(evil), "--device", "cpu"]) == 2
+    one_line_error(capsys, "evil.pt")
+
+    # a whole run directory someone else filled: its latents encoded by that best.pt
+    torch.save(payload, run_copy / "checkpoints" / "best.pt")
+    zarr.open_group(run_copy / "latents.zarr", mode="r+").attrs["checkpoint_sha256"] = file_sha256(
+        run_copy / "checkpoints" / "best.pt")
+    for argv in (["generate", "--run", run, "--sampler", "mvn", "--n", "4", "--device", "cpu"],
+                 ["paths", "--run", run, "--device", "cpu"],
+                 ["compare", "--run", run, "--n", "8", "--device", "cpu"],
+                 ["facemap", "--run", run, "--n", "20", "--device", "cpu"],
+                 ["verify", "--run", run]):
+        assert main(argv) == 2, argv[0]
+        one_line_error(capsys, "best.pt")
+
+    torch.save(payload, run_copy / "checkpoints" / "last.pt")
+    assert main(["train", "--run", run, "--resume", "--epochs", "3", "--device", "cpu"]) == 2
+    one_line_error(capsys, "last.pt")
+    assert not marker.exists(), "a crafted checkpoint ran its code"
+    assert not (run_copy / "generate").exists() and not (run_copy / "facemap").exists(), "a stage started"
+
+
+def test_a_checkpoint_written_here_reads_with_plain_weights_only(trained_run):
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(trained_run / "checkpoints" / name, weights_only=True)  # plain torch, no allow-list
+        check_plain(ckpt)
+        assert {"model", "optimizer", "scaler", "rng", "config", "epoch"} <= set(ckpt)
+        assert isinstance(ckpt["rng"]["numpy"], dict) and ckpt["rng"]["numpy"]["key"].shape == (624,)
+
+
+def test_the_rng_state_round_trips_exactly(tmp_path):
+    np.random.seed(7)
+    np.random.standard_normal(3)  # leaves a cached gaussian: has_gauss 1
+    torch.manual_seed(3)
+    save_checkpoint({"model": {}, "config": {}, "epoch": 0, "rng": rng_state()}, tmp_path / "c.pt")
+    expect_np, expect_torch = np.random.standard_normal(5), torch.rand(5)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    set_rng_state(read_checkpoint(tmp_path / "c.pt")["rng"])
+    np.testing.assert_array_equal(np.random.standard_normal(5), expect_np)
+    assert torch.equal(torch.rand(5), expect_torch)
+
+
+def test_a_checkpoint_of_the_previous_format_still_resumes_exactly(tmp_path):
+    """The previous writer pickled numpy's RNG state as its tuple with a uint32 array: read with numpy's array
+    reconstruction allowed (data, not code), it resumes to the same stream."""
+    np.random.seed(11)
+    legacy = {"model": {}, "config": {}, "epoch": 0, "rng": {"torch": torch.get_rng_state(),
+                                                                "numpy": np.random.get_state()}}
+    torch.save(legacy, tmp_path / "old.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(tmp_path / "old.pt", weights_only=True)  # plain weights_only alone refuses the numpy array
+    expect = np.random.standard_normal(4)
+    np.random.seed(0)
+    set_rng_state(read_checkpoint(tmp_path / "old.pt")["rng"])
+    np.testing.assert_array_equal(np.random.standard_normal(4), expect)
+
+
+def test_a_checkpoint_that_would_not_read_back_is_never_written(tmp_path):
+    for bad, where in (({"epoch": np.int64(3)}, "['epoch']"), ({"config": {"run": Path("x")}}, "['config']['run']"),
+                       ({"rng": {"numpy": np.random.get_state()}}, "['rng']['numpy'][1]")):
+        with pytest.raises(TypeError, match=f"checkpoint{where.replace('[', '.').replace(']', '.')}"):
+            save_checkpoint(bad, tmp_path / "c.pt")
+    assert not list(tmp_path.iterdir()), "a refused checkpoint left a file"
+
+
+def test_refusal_and_damage_are_told_apart(tmp_path):
+    torch.save({"model": RunsCode(tmp_path / "m")}, tmp_path / "evil.pt")
+    with pytest.raises(UnsafeCheckpoint, match="names posix.system|names os.system"):
+        read_checkpoint(tmp_path / "evil.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "evil.pt").read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="is damaged") as info:
+        read_checkpoint(tmp_path / "cut.pt")
+    assert not isinstance(info.value, UnsafeCheckpoint)
+    assert not (tmp_path / "m").exists()
