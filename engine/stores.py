@@ -7,6 +7,10 @@ as fill value (an absent chunk can never pass as numbers), and checks, before
 a stage reads a store, that the chunk files of every array it needs exist;
 otherwise ``StoreDamaged`` names the store, the array, the missing rows and the
 command that rebuilds it.
+
+A store is data, never code: zspace reads no array whose codecs unpickle
+(numcodecs' ``pickle``, the one codec that can run what a file names), and
+``ids`` are read as fixed strings (zarr's ``vlen-utf8``), not as Python objects.
 """
 
 from __future__ import annotations
@@ -76,15 +80,47 @@ def missing_rows(array: zarr.Array, array_dir: Path) -> list[tuple[int, int]]:
     return [(r * c0, min((r + 1) * c0, array.shape[0])) for r in rows]
 
 
+class UnsafeStore(ValueError):
+    """A Zarr array whose codecs would unpickle its chunks: refused before any chunk is read."""
+
+
+def _codec_names(meta) -> list[str]:
+    """Every codec id or name in an array's metadata dict (v2 ``compressor``/``filters``, v3 ``codecs``,
+    nested ones inside sharding)."""
+    found = []
+    if isinstance(meta, dict):
+        for key in ("id", "name"):
+            if isinstance(meta.get(key), str):
+                found.append(meta[key])
+        for v in meta.values():
+            found += _codec_names(v)
+    elif isinstance(meta, (list, tuple)):
+        for v in meta:
+            found += _codec_names(v)
+    return found
+
+
+def refuse_unpickling(array: zarr.Array, where: str) -> None:
+    """``UnsafeStore`` when ``array``'s codecs include one that unpickles (checked on the metadata alone)."""
+    meta = array.metadata.to_dict()
+    codecs = {k: meta.get(k) for k in ("codecs", "compressor", "filters", "dtype", "data_type")}
+    bad = sorted({c for c in _codec_names(codecs) if "pickle" in c.lower()})
+    if bad:
+        raise UnsafeStore(f"{where} is refused unread: its codec {bad[0]!r} unpickles the chunks, which can run "
+                          f"code; save it with numeric codecs (zarr's defaults) instead")
+
+
 def check_arrays(group: zarr.Group, path: Path, names: tuple[str, ...], rebuild: str,
                  required: tuple[str, ...] = ()) -> None:
-    """Raise ``StoreDamaged`` when an array of ``required`` is absent or one of ``names`` lacks chunk files."""
+    """Raise ``StoreDamaged`` when an array of ``required`` is absent or one of ``names`` lacks chunk files,
+    ``UnsafeStore`` when one of them would unpickle its chunks."""
     for name in required:
         if name not in group:
             raise StoreDamaged(f"{path} has no array '{name}'; rebuild it with '{rebuild}'")
     for name in names:
         if name not in group:
             continue
+        refuse_unpickling(group[name], f"{path}/{name}")
         gaps = missing_rows(group[name], path / name)
         if gaps:
             shown = ", ".join(f"{a}..{b - 1}" for a, b in gaps[:3]) + (" ..." if len(gaps) > 3 else "")
@@ -92,4 +128,4 @@ def check_arrays(group: zarr.Group, path: Path, names: tuple[str, ...], rebuild:
                                f"rebuild it with '{rebuild}'")
 
 
-__all__ = ["StoreDamaged", "WRITE_ALL", "check_arrays", "fill_for", "missing_rows", "open_group", "open_partial"]
+__all__ = ["StoreDamaged", "UnsafeStore", "WRITE_ALL", "check_arrays", "refuse_unpickling", "fill_for", "missing_rows", "open_group", "open_partial"]

@@ -145,3 +145,58 @@ def test_refusal_and_damage_are_told_apart(tmp_path):
         read_checkpoint(tmp_path / "cut.pt")
     assert not isinstance(info.value, UnsafeCheckpoint)
     assert not (tmp_path / "m").exists()
+
+
+def _zarr_v2_pickled(path: Path, payload) -> Path:
+    """A Zarr v2 array ``z`` whose only chunk is a pickle and whose metadata names numcodecs' pickle codec."""
+    import json
+    import pickle
+
+    (path / "z").mkdir(parents=True)
+    (path / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    (path / "z" / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": [4, 2], "chunks": [4, 2], "dtype": "<f4", "compressor": {"id": "pickle"},
+        "fill_value": 0, "filters": None, "order": "C"}))
+    (path / "z" / "0.0").write_bytes(pickle.dumps(payload))
+    return path
+
+
+def test_latents_that_carry_pickles_are_refused_unread(tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    payload = RunsCode(marker)
+    files = [tmp_path / "objects.npy", tmp_path / "objects.npz", _zarr_v2_pickled(tmp_path / "pickled.zarr", payload)]
+    np.save(files[0], np.array([[payload, 1.0]], dtype=object), allow_pickle=True)
+    np.savez(files[1], z=np.array([[payload, 1.0]], dtype=object))
+    for f in files:
+        assert main(["import-latents", str(f), "--run", str(tmp_path / f"run_{f.stem}")]) == 2, f.name
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f.name in err, err
+        assert not (tmp_path / f"run_{f.stem}" / "latents.zarr").exists()
+    assert not marker.exists(), "an imported file ran its code"
+
+
+def test_a_store_whose_codecs_unpickle_is_refused_on_its_metadata(tmp_path):
+    """zarr itself (3.1) knows no pickle codec; a zarr that did would decode chunks with it: the metadata check
+    refuses before any chunk is read, whatever zarr version reads the store."""
+    from engine.stores import UnsafeStore, refuse_unpickling
+
+    good = zarr.open_group(tmp_path / "g.zarr", mode="w").create_array("z", shape=(4, 2), dtype="f4")
+    refuse_unpickling(good, "g.zarr/z")  # zarr's defaults pass
+
+    class Meta:
+        def __init__(self, d):
+            self.d = d
+
+        def to_dict(self):
+            return self.d
+
+    class Array:
+        def __init__(self, d):
+            self.metadata = Meta(d)
+
+    for meta in ({"zarr_format": 2, "compressor": {"id": "pickle"}, "filters": None},
+                 {"zarr_format": 2, "compressor": None, "filters": [{"id": "zstd"}, {"id": "pickle", "protocol": 5}]},
+                 {"zarr_format": 3, "codecs": [{"name": "sharding_indexed", "configuration": {
+                     "codecs": [{"name": "numcodecs.pickle"}]}}]}):
+        with pytest.raises(UnsafeStore, match="pickle"):
+            refuse_unpickling(Array(meta), "x.zarr/z")

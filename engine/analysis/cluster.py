@@ -225,8 +225,10 @@ def open_cluster(spec: str | None, progress: bool = True) -> Iterator[Cluster | 
             spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **env}
             stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": spawn}))
             stack.enter_context(_environ(env))
+            # loopback only: a scheduler takes pickled tasks from whoever connects, and its dashboard tells all
             cluster = stack.enter_context(LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
-                                                       dashboard_address=":0", silence_logs=logging.ERROR))
+                                                       host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                                       silence_logs=logging.ERROR))
             client = stack.enter_context(Client(cluster))
         else:
             try:

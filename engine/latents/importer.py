@@ -1,6 +1,9 @@
 """Bring your own latents: any (N, D) numeric array in .npy, .npz or Zarr becomes ``RUN/latents.zarr``.
 
-So zspace analyses latents of any model, not only its own encoder's.
+So zspace analyses latents of any model, not only its own encoder's. The file is
+data, never code: .npy and .npz are read with ``allow_pickle=False`` (an object
+array is refused, not unpickled) and a Zarr array whose codecs unpickle is
+refused on its metadata, before any chunk is read.
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ import zarr
 from engine.files import swap_in
 from engine.latents.store import LatentsError, create_rows_array, iter_blocks
 from engine.layout import latents_path
-from engine.stores import WRITE_ALL
+from engine.stores import WRITE_ALL, refuse_unpickling
 
 logger = logging.getLogger(__name__)
+
+
+_OBJECTS = ("{path} holds Python objects (dtype {dtype}), not numbers, and zspace never unpickles what a file "
+            "brings: save a numeric (N, D) array, e.g. numpy.save(path, np.asarray(z, dtype=np.float32))")
 
 
 def _open_input(path: Path):
@@ -27,29 +34,46 @@ def _open_input(path: Path):
     name = path.name.lower()
     if name.endswith(".npy"):
         try:
-            arr = np.load(path, mmap_mode="r")
+            with open(path, "rb") as f:  # the header alone: an object array is refused before it is mapped
+                version = np.lib.format.read_magic(f)
+                header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                          np.lib.format.read_array_header_2_0)(f)
+            if np.dtype(header[2]).hasobject:
+                raise LatentsError(_OBJECTS.format(path=path, dtype=header[2]))
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:  # truncated, corrupt or not an .npy at all
+            if isinstance(exc, LatentsError):
+                raise
             raise LatentsError(f"{path} is not a readable .npy file ({type(exc).__name__}: {exc}); "
                                f"save it again with numpy.save") from None
-        if arr.dtype.hasobject:
-            raise LatentsError(f"{path} holds Python objects (dtype {arr.dtype}), not numbers: save a numeric "
-                               f"(N, D) array, e.g. numpy.save(path, np.asarray(z, dtype=np.float32))")
         return arr
     if name.endswith(".npz"):
-        with np.load(path) as f:
-            keys = list(f.keys())
-            if not keys:
-                raise LatentsError(f"{path} holds no arrays")
-            key = "z" if "z" in keys else keys[0]
-            if len(keys) > 1 and key != "z":
-                logger.warning("%s holds %s; using %r (name the latents 'z' to choose)", path, keys, key)
-            return f[key]
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                keys = list(f.keys())
+                if not keys:
+                    raise LatentsError(f"{path} holds no arrays")
+                key = "z" if "z" in keys else keys[0]
+                if len(keys) > 1 and key != "z":
+                    logger.warning("%s holds %s; using %r (name the latents 'z' to choose)", path, keys, key)
+                return f[key]
+        except ValueError as exc:  # numpy refuses an object array under allow_pickle=False
+            if isinstance(exc, LatentsError) or "allow_pickle" not in str(exc):
+                raise
+            raise LatentsError(_OBJECTS.format(path=path, dtype="object")) from None
     if name.endswith(".zarr") or path.is_dir():
-        node = zarr.open(path, mode="r")
-        if isinstance(node, zarr.Group):
-            if "z" not in node:
-                raise LatentsError(f"{path} is a Zarr group without a 'z' array (has {sorted(node.array_keys())})")
-            node = node["z"]
+        try:
+            node = zarr.open(path, mode="r")
+            if isinstance(node, zarr.Group):
+                if "z" not in node:
+                    raise LatentsError(f"{path} is a Zarr group without a 'z' array (has {sorted(node.array_keys())})")
+                node = node["z"]
+        except LatentsError:
+            raise
+        except Exception as exc:  # zarr refuses unknown data types and codecs (pickled objects among them) here
+            raise LatentsError(f"{path} cannot be read as a numeric Zarr array ({type(exc).__name__}: "
+                               f"{(str(exc).splitlines() or [''])[0][:120]})") from None
+        refuse_unpickling(node, str(path))
         return node
     raise LatentsError(f"{path}: expected a .npy, .npz or .zarr file of shape (N, D)")
 
