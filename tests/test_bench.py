@@ -189,3 +189,16 @@ def test_a_rewritten_results_md_keeps_its_notes_byte_for_byte(tmp_path):
     write_results(tmp_path, result, rows)
     assert (tmp_path / "RESULTS.md").read_bytes() == table
 
+
+def test_the_committed_results_md_survives_regeneration(tmp_path):
+    """Regenerating bench/RESULTS.md from bench/results.json keeps the committed notes byte for byte, and the
+    committed table is what the generator writes (nobody edited the generated part by hand)."""
+    from bench.results import NOTES_MARKER, kept_notes, row_from_json, write_results
+
+    committed = (BENCH / "RESULTS.md").read_bytes()
+    notes = kept_notes(BENCH / "RESULTS.md")
+    assert notes.startswith(NOTES_MARKER.encode() + b"\n") and len(notes) > 1000, "bench/RESULTS.md lost its notes"
+    result = json.loads((BENCH / "results.json").read_text())
+    (tmp_path / "RESULTS.md").write_bytes(committed)
+    write_results(tmp_path, result, [row_from_json(r) for r in result["rows"]])
+    assert (tmp_path / "RESULTS.md").read_bytes() == committed
