@@ -281,8 +281,9 @@ def test_interrupted_two_rank_encode_resumes_with_any_ranks(encoded_once, tmp_pa
 
 
 def test_external_torchrun_over_two_nodes_runs_the_same_training(cache, two_rank_epoch, tmp_path):
-    """The multi-machine command of README, as two torchrun agents (two 'nodes' of one rank) meeting at a c10d
-    endpoint: the same zspace train, the same weights as --nproc 2, and only rank 0 speaks."""
+    """The multi-machine command (engine/model/__init__.py, README's scale-out), as two torchrun agents (two
+    'nodes' of one rank) meeting at a c10d endpoint: the same zspace train, the same weights as --nproc 2, and only
+    rank 0 speaks."""
     import socket
 
     run = fresh(cache, tmp_path / "run")
