@@ -175,3 +175,9 @@ def test_every_relative_link_points_to_a_file():
                                       ("[web](https://example.org) [here](#verbs)", [])])
 def test_the_link_check_finds_a_missing_file(text, bad):
     assert [t for t in relative_links(text) if not (REPO / t.split("#", 1)[0]).is_file()] == bad
+
+
+def test_the_torch_readme_promises_is_the_one_pyproject_requires():
+    (required,) = re.findall(r'"torch>=([0-9.]+)"', (REPO / "pyproject.toml").read_text())
+    said = re.findall(r"torch >= ([0-9][0-9.]*[0-9])", README.read_text())
+    assert said == [required], f"README says torch >= {said}, pyproject.toml requires torch>={required}"
