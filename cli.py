@@ -504,6 +504,15 @@ def main(argv: list[str] | None = None) -> int:
             record_failure(exc)
         print(f"zspace {args.verb}{'' if rank is None else f' (rank {rank})'}: error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # a compiled dependency that does not fit (numba beside a too-new numpy, ...)
+        from engine.deps import explain_import_error
+
+        line = explain_import_error(exc)
+        if line is None:
+            raise
+        logging.getLogger("zspace").debug("error", exc_info=True)
+        print(f"zspace {args.verb}: error: {line}", file=sys.stderr)
+        return 2
     except RankFailed as exc:
         if exc.detail:
             print(exc.detail, file=sys.stderr)

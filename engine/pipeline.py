@@ -28,6 +28,7 @@ from engine.analysis.stats import compute_stats
 from engine.analysis.structure import compute_structure
 from engine.analysis.tsne import compute_tsne
 from engine.data.imagecache import open_cache, prepare
+from engine.deps import face_detector
 from engine.files import write_json_atomic
 from engine.generation.compare import compare
 from engine.generation.config import CompareConfig, FacemapConfig
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "synthetic:10000"
 CLUSTER_STAGES = ("stats", "structure", "tsne")  # the stages --dask runs on a cluster
+JUDGED = ("compare", "facemap")  # the stages whose images OpenCV's face detector judges
 STAGES = STAGE_NAMES
 STATE_FILE = "pipeline.json"
 
@@ -193,12 +195,18 @@ def run(
     state["profile"] = asdict(p)
     timings: dict[str, float | str] = {}
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
+    def finished(name: str) -> bool:
+        rec = done.get(name) or {}
+        return rec.get("key") == keys[name] and bool(rec.get("finished")) and (run / OUTPUTS[name]).exists()
+
+    if any(name in JUDGED and not finished(name) for name in stages):
+        face_detector()  # before the first stage, not after the training: one line what to install
     cluster = None
     with contextlib.ExitStack() as stack:  # a --dask cluster lives until the last stage
         for i, name in enumerate(stages, 1):
             rec = done.get(name)
             same = rec is not None and rec.get("key") == keys[name]
-            if same and rec.get("finished") and (run / OUTPUTS[name]).exists():
+            if finished(name):
                 timings[name] = "skipped"
                 logger.info("[%d/%d] %-9s finished earlier with the same options: skipped", i, len(stages), name)
                 continue

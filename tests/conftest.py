@@ -64,6 +64,16 @@ def trained_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture
+def trained_copy(trained_run, tmp_path) -> Path:
+    """A copy of ``trained_run`` (cache, checkpoints, latents) that a test may change or damage."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("generate", "facemap", "report"))
+    return run
+
+
 TINY = dict(source="synthetic:240", size=32, z_dim=16, epochs=1, batch_size=32, k=8, tsne_n=200, compare_n=40, facemap_n=40)
 
 

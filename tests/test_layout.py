@@ -17,7 +17,7 @@ ENGINE = REPO / "engine"
 
 # lower layers first; a module may import its own layer and the layers before it
 LAYERS = ("base", "data", "model", "latents", "analysis", "generation", "report", "pipeline")
-BASE = {"engine.config", "engine.files", "engine.figures", "engine.layout", "engine.stages", "engine.stores"}
+BASE = {"engine.config", "engine.deps", "engine.files", "engine.figures", "engine.layout", "engine.stages", "engine.stores"}
 
 
 def module_name(path: Path) -> str:

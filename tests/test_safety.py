@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +33,6 @@ class RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
-@pytest.fixture
-def run_copy(trained_run, tmp_path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("generate", "facemap", "report"))
-    return run
-
-
 def crafted(kind: str, good: Path, marker: Path) -> dict:
     """``whole``: the model entry is the payload; ``extra``: a valid checkpoint with one more entry that is."""
     if kind == "whole":
@@ -58,9 +50,9 @@ def one_line_error(capsys, name: str) -> str:
 
 
 @pytest.mark.parametrize("kind", ["whole", "extra"])
-def test_a_crafted_checkpoint_runs_nothing_through_any_verb(run_copy, tmp_path, kind, capsys):
+def test_a_crafted_checkpoint_runs_nothing_through_any_verb(trained_copy, tmp_path, kind, capsys):
     marker = tmp_path / "PWNED"
-    payload = crafted(kind, run_copy / "checkpoints" / "best.pt", marker)
+    payload = crafted(kind, trained_copy / "checkpoints" / "best.pt", marker)
     # the payload is real: an unrestricted load runs it (so its absence below means the refusal worked)
     torch.save(payload, tmp_path / "probe.pt")
     torch.load(tmp_path / "probe.pt", weights_only=False)
@@ -69,14 +61,14 @@ def test_a_crafted_checkpoint_runs_nothing_through_any_verb(run_copy, tmp_path, 
 
     evil = tmp_path / "evil.pt"
     torch.save(payload, evil)
-    run = str(run_copy)
+    run = str(trained_copy)
     assert main(["encode", "--run", run, "--checkpoint", str(evil), "--device", "cpu"]) == 2
     one_line_error(capsys, "evil.pt")
 
     # a whole run directory someone else filled: its latents encoded by that best.pt
-    torch.save(payload, run_copy / "checkpoints" / "best.pt")
-    zarr.open_group(run_copy / "latents.zarr", mode="r+").attrs["checkpoint_sha256"] = file_sha256(
-        run_copy / "checkpoints" / "best.pt")
+    torch.save(payload, trained_copy / "checkpoints" / "best.pt")
+    zarr.open_group(trained_copy / "latents.zarr", mode="r+").attrs["checkpoint_sha256"] = file_sha256(
+        trained_copy / "checkpoints" / "best.pt")
     for argv in (["generate", "--run", run, "--sampler", "mvn", "--n", "4", "--device", "cpu"],
                  ["paths", "--run", run, "--device", "cpu"],
                  ["compare", "--run", run, "--n", "8", "--device", "cpu"],
@@ -85,11 +77,11 @@ def test_a_crafted_checkpoint_runs_nothing_through_any_verb(run_copy, tmp_path, 
         assert main(argv) == 2, argv[0]
         one_line_error(capsys, "best.pt")
 
-    torch.save(payload, run_copy / "checkpoints" / "last.pt")
+    torch.save(payload, trained_copy / "checkpoints" / "last.pt")
     assert main(["train", "--run", run, "--resume", "--epochs", "3", "--device", "cpu"]) == 2
     one_line_error(capsys, "last.pt")
     assert not marker.exists(), "a crafted checkpoint ran its code"
-    assert not (run_copy / "generate").exists() and not (run_copy / "facemap").exists(), "a stage started"
+    assert not (trained_copy / "generate").exists() and not (trained_copy / "facemap").exists(), "a stage started"
 
 
 def test_a_checkpoint_written_here_reads_with_plain_weights_only(trained_run):

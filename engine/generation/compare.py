@@ -42,6 +42,7 @@ from engine.files import write_json_atomic, write_text_atomic
 from engine.generation.cloud import TrainingCloud, training_rows
 from engine.generation.config import CompareConfig
 from engine.generation.generate import decode_with, encode_with, load_model, load_z, sampler_info, write_samples
+from engine.deps import face_detector
 from engine.generation.judge import DEFAULT, calibration, detect, sharpness, wilson_interval
 from engine.generation.paths import trace_paths
 from engine.generation.sampling import SAMPLERS, Sampler, SamplerConfig
@@ -161,6 +162,7 @@ def compare(run_dir: str | os.PathLike, n: int = CompareConfig.n, seed: int = Co
     bad = [s for s in samplers if s not in SAMPLERS]
     if bad:
         raise ValueError(f"unknown samplers {bad}; choose from {SAMPLERS}")
+    face_detector()  # the judge's OpenCV checked before any decoding: one line what to install
     t0 = time.perf_counter()
     run = Path(run_dir)
     out = run / "generate"

@@ -56,6 +56,7 @@ from engine.generation.cloud import TrainingCloud, training_rows
 from engine.generation.config import FacemapConfig
 from engine.generation.facemap_figures import facemap_figures
 from engine.generation.generate import decode_with, load_model, load_z
+from engine.deps import face_detector
 from engine.generation.judge import DEFAULT, detect, wilson_interval
 from engine.latents.store import open_latents
 
@@ -311,6 +312,7 @@ def facemap(run_dir: str | os.PathLike, n: int = FacemapConfig.n, seed: int = Fa
             device: str = FacemapConfig.device, progress: bool = True, config: FacemapConfig | None = None) -> dict:
     """Run the face-map experiment on ``run_dir``; write RUN/facemap/ and return facemap.json's content."""
     cfg = config or FacemapConfig(n=n, seed=seed, device=device)
+    face_detector()  # the judge's OpenCV checked before any decoding: one line what to install
     t0 = time.perf_counter()
     run = Path(run_dir)
     z, _ = load_z(run)

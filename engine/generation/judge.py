@@ -63,6 +63,7 @@ import numpy as np
 from PIL import Image
 
 from engine.data.sources import IMAGE_SUFFIXES, crop_resize
+from engine.deps import CASCADE, OPENCV_FIX, DependencyError, face_detector
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ __all__ = [
     "judge_path",
 ]
 
-CASCADE = "haarcascade_frontalface_default.xml"
 Z95 = 1.959963984540054  # standard normal quantile 0.975
 ARRAY_SUFFIXES = (".npy", ".npz")
 
@@ -132,15 +132,15 @@ class FaceDetector:
                  preprocess="RGB2GRAY, INTER_LINEAR resize to work_size" + (", equalizeHist" if self.equalize else ""))
         return d
 
-    def _cascade(self) -> cv2.CascadeClassifier:
+    def _cascade(self):
         # loaded lazily and kept out of the dataclass fields: CascadeClassifier does
         # not pickle, and a frozen detector should stay cheap to pass to workers
         c = self.__dict__.get("_cc")
         if c is None:
-            path = cv2.data.haarcascades + CASCADE
-            c = cv2.CascadeClassifier(path)
+            cls, path = face_detector()  # OpenCV 4's main wheel or the contrib build; else one line what to install
+            c = cls(path)
             if c.empty():
-                raise RuntimeError(f"could not load the Haar cascade {path} (opencv-python-headless 4.x ships it)")
+                raise DependencyError(f"OpenCV could not load the Haar cascade {path}: {OPENCV_FIX}")
             object.__setattr__(self, "_cc", c)
         return c
 
@@ -341,6 +341,7 @@ def judge_path(path: str | os.PathLike, size: int = 96, detector: FaceDetector |
     ``detector`` (settings).
     """
     det = detector or DEFAULT
+    face_detector()  # before reading a folder of images: one line what to install
     images = load_images(path, size)
     res = face_rate(images, det)
     res["sharpness_mean"] = float(sharpness(images).mean())

@@ -18,9 +18,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        if torch.version.cuda is None:
+            raise ValueError(f"--device {device}: this torch ({torch.__version__}) is built without CUDA; install a "
+                             f"CUDA build (on Linux x86_64 plain 'pip install torch' is one) or use --device cpu or auto")
+        raise ValueError(f"--device {device}: torch {torch.__version__} has CUDA {torch.version.cuda} but sees no GPU "
+                         f"(driver missing or CUDA_VISIBLE_DEVICES empty); use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0.."
+                         f"cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 
