@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.report.page import write_report
@@ -138,3 +139,17 @@ def test_report_opens_in_headless_chromium_with_every_image_loaded(finished_run,
         assert len(captions) == len(images) and all(re.search(r"\d", c) for c in captions)
     finally:
         driver.quit()
+
+
+def test_captions_read_as_sentences_when_no_component_is_dominant():
+    from engine.report.page import _dominant_caption, _finding_region
+
+    stds = np.array([1.0, 3.0, 0.5, 2.0, 2.5, 0.1])
+    comps = [{"std": float(s)} for s in stds]
+    none = _dominant_caption([], comps)
+    widest = ", ".join(map(str, np.argsort(-stds)[:4]))
+    assert none.startswith("No component stands out") and f"the 4 widest: {widest}." in none, none
+    assert ": ," not in none and "0 components" not in none
+    assert _dominant_caption([4], comps).startswith("1 component stands out by centre or width: 4, each")
+    st = {"d": 6, "dominant": [], "radius": {"peak": 2.0, "expected": 2.1, "sqrt_d": 2.4, "min": 1.0}}
+    assert _finding_region(st).endswith("none of the 6 components stands out by centre or width.")

@@ -128,9 +128,7 @@ def _region(run: Path, st: dict | None) -> Section:
         Figure(d / "density_all.png", "Number density of every component",
                f"Histograms of all {st['d']} components (bin width {st['config']['bin_width']:g}) overlaid. "
                f"Median component mean {st['dominant_rule']['median_mean']:.3f}, median width {st['dominant_rule']['median_std']:.3f}."),
-        Figure(d / "dominant.png", "Dominant components",
-               f"{len(dom)} components stand out by centre or width: {', '.join(map(str, dom[:12]))}"
-               f"{' ...' if len(dom) > 12 else ''}, each shown with its Gaussian fit (the rule is in stats.json)."),
+        Figure(d / "dominant.png", "Dominant components", _dominant_caption(dom, st["components"])),
         Figure(d / "radius.png", "Radius distribution",
                f"|z| of every point. Peak {r['peak']:.2f} against the expectation sqrt(sum(mean^2 + var)) = "
                f"{r['expected']:.2f} and sqrt(D) = {r['sqrt_d']:.1f}; range {r['min']:.1f}-{r['max']:.1f}"
@@ -302,6 +300,17 @@ def _sections(run: Path) -> list[Section]:
 PLANE_SAME = 0.05  # plane views whose empty-cell shares are this close to the null's look like the null
 
 
+def _dominant_caption(dom: list[int], comps: list[dict]) -> str:
+    """What dominant.png shows: the dominant components, or the widest four when none stands out."""
+    if not dom:
+        widest = sorted(range(len(comps)), key=lambda j: -comps[j]["std"])[:4]
+        return (f"No component stands out by centre or width (the rule is in stats.json); shown instead, with their "
+                f"Gaussian fits, the {len(widest)} widest: {', '.join(map(str, widest))}.")
+    listed = ", ".join(map(str, dom[:12])) + (" ..." if len(dom) > 12 else "")
+    return (f"{len(dom)} component{'s stand' if len(dom) > 1 else ' stands'} out by centre or width: {listed}, each "
+            f"shown with its Gaussian fit (the rule is in stats.json).")
+
+
 def _finding_region(st: dict | None) -> str | None:
     if st is None:
         return None
@@ -309,7 +318,8 @@ def _finding_region(st: dict | None) -> str | None:
     shell = r["min"] > 0.25 * r["peak"]
     return (f"{'A shell, not a ball' if shell else 'A filled ball'}: |z| peaks at {r['peak']:.2f} (expected "
             f"{r['expected']:.2f}, sqrt(D) = {r['sqrt_d']:.1f}) and no point lies within {r['min']:.1f} of the origin; "
-            f"{len(dom)} of {st['d']} components stand out by centre or width.")
+            + (f"{len(dom)} of {st['d']} components stand out by centre or width." if dom else
+               f"none of the {st['d']} components stands out by centre or width."))
 
 
 def _finding_shape(st: dict | None) -> str | None:
