@@ -192,3 +192,32 @@ def test_a_store_whose_codecs_unpickle_is_refused_on_its_metadata(tmp_path):
                      "codecs": [{"name": "numcodecs.pickle"}]}}]}):
         with pytest.raises(UnsafeStore, match="pickle"):
             refuse_unpickling(Array(meta), "x.zarr/z")
+
+
+# the only unpickling in zspace: bytes its own process made a moment before, never a file's
+OWN_PICKLES = {("engine/analysis/tsne.py", "pickle.loads"): "the map the client scattered to its own Dask workers",
+               ("engine/model/ranks.py", "pickle.loads"): "a check that an exception survives the trip between ranks"}
+
+
+def test_no_reader_in_the_code_can_unpickle_what_a_file_brings():
+    """Every call that could unpickle, found in the source: torch.load only with weights_only=True, np.load never
+    with allow_pickle=True, pickle/joblib/shelve loads only where the bytes are zspace's own (listed above)."""
+    import ast
+
+    repo = Path(__file__).resolve().parent.parent
+    found = []
+    for path in [repo / "cli.py", *sorted((repo / "engine").rglob("*.py")), *sorted((repo / "kernels").rglob("*.py"))]:
+        rel = path.relative_to(repo).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            if name == "torch.load" and kw.get("weights_only") != "True":
+                found.append(f"{rel}:{node.lineno} torch.load without weights_only=True")
+            elif name in ("np.load", "numpy.load") and kw.get("allow_pickle", "False") != "False":
+                found.append(f"{rel}:{node.lineno} np.load with allow_pickle={kw['allow_pickle']}")
+            elif name.split(".")[0] in ("pickle", "cloudpickle", "joblib", "shelve", "dill", "marshal") and \
+                    name.split(".")[-1] in ("load", "loads", "open", "Unpickler") and (rel, name) not in OWN_PICKLES:
+                found.append(f"{rel}:{node.lineno} {name}")
+    assert not found, "readers that could run a file's code:\n" + "\n".join(found)

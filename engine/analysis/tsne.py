@@ -445,7 +445,7 @@ def place_points(run_dir: str | os.PathLike, z_new: np.ndarray, config: TSNEConf
         raise ValueError("z_new holds NaN or inf")
     if len(z_new) == 0:
         return np.zeros((0, 2), np.float32)
-    with np.load(out_dir / "embedding.npz") as f:
+    with np.load(out_dir / "embedding.npz", allow_pickle=False) as f:
         rows, embedding = f["rows"], f["embedding"]
         proj = (f["pca_mean"], f["pca_components"]) if "pca_components" in f else None
     x = np.ascontiguousarray(z.get_orthogonal_selection((rows, slice(None))), dtype=np.float32)
