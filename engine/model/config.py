@@ -86,3 +86,58 @@ class RankFailed(RuntimeError):
         super().__init__(message)
         self.exit_code = exit_code
         self.detail = detail  # the failed rank's traceback when the error was not a user's
+
+
+CLASSIFIER_SIZES = (32, 48, 64, 80, 96)  # image sides the attribute classifier takes (four stride-2 stages)
+
+
+@dataclass
+class ClassifierConfig:
+    """The attribute classifier (``engine.model.classifier``): a small CNN trained on real images only."""
+
+    epochs: int = 10  # most passes over the train rows; the epoch with the best validation mean AUC is kept
+    patience: int | None = 3  # stop after this many epochs without a better validation mean AUC; None: run all
+    batch_size: int = 128
+    lr: float = 1e-3  # AdamW peak learning rate, cosine-decayed to 0 over ``epochs``
+    weight_decay: float = 1e-2  # AdamW's decoupled decay (per step p -= lr * weight_decay * p)
+    widths: tuple[int, ...] = (32, 64, 128, 256)  # conv channels of the four stride-2 stages
+    convs_per_stage: int = 2  # 3x3 convs per stage, the first of stride 2; 2 sees 4x the receptive field of 1
+    features_dim: int = 128  # width F of the dense penultimate layer: features(), the Frechet space
+    dropout: float = 0.2  # on the features, before the logits (training only)
+    flip: bool = True  # random horizontal flips: faces are near-symmetric and CelebA's attributes are unsided
+    val_fraction: float = 0.1  # when no val_rows are given, this seeded share of train_rows validates instead
+    seed: int = 0  # initial weights, batch order, flips and dropout
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on CUDA, fp32 on CPU)
+    in_memory: bool | None = None  # None: keep the train rows in memory when they fit (BatchFeed's rule)
+    channels_last: bool = True  # NHWC activations, as the autoencoder's training measured faster
+    log_every: int = 20  # steps between progress-bar updates (each costs a device sync)
+
+    def __post_init__(self):
+        self.widths = tuple(int(w) for w in self.widths)
+        if len(self.widths) != 4 or min(self.widths) < 1:
+            raise ValueError(f"widths must be 4 positive channel counts (one per stride-2 stage), got {self.widths}")
+        for name in ("epochs", "batch_size", "convs_per_stage", "features_dim", "log_every"):
+            if getattr(self, name) < (2 if name == "batch_size" else 1):
+                raise ValueError(f"{name} must be >= {2 if name == 'batch_size' else 1}, got {getattr(self, name)}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None (run every epoch), got {self.patience}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be one of auto, fp32, bf16, fp16, got {self.precision!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassifierConfig":
+        return config_from_dict(cls, d, "classifier")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
