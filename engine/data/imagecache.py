@@ -5,13 +5,20 @@ Layout (the run-directory contract, see README "Outputs" and engine.layout):
   ids       (N,) str
   split     int8 (N,)   0 train, 1 validation, 2 test
   identity  int32 (N,)  -1 where unknown
-  attrs     source, size, crop, counts, skipped files, resume state
+  attributes  int8 (N, A), optional: labels of the source (CelebA's list_attr_celeba.txt, the planted
+            attributes of synthetic:N); 1 positive, 0 negative, -1 unlabelled (engine.data.labels)
+  attrs     source, size, crop, counts, skipped files, resume state; attribute_names, attribute_counts
 
 ``prepare`` decodes in worker processes; each task is one chunk of rows, which
 its worker decodes and writes itself. The parent commits tasks in order and
 saves the resume state (items done, files skipped) after each, so an
 interrupted run continues from the last committed block and a finished one
 does nothing. Unreadable files leave holes that are closed once at the end.
+
+Labels are not part of the cache's fingerprint: a label file added to (or
+fixed in) a source later is stored by the next prepare without decoding an
+image again; labels that differ from stored ones are replaced only with
+``overwrite``.
 """
 
 from __future__ import annotations
@@ -34,10 +41,11 @@ import zarr
 from tqdm.auto import tqdm
 
 from engine.data.config import PrepareConfig
+from engine.data.labels import LABELS_ARRAY, store_labels, stored_equal
 from engine.data.sources import CROP, SPLIT_NAMES, Source, open_source
 from engine.files import beside, swap_in
 from engine.layout import cache_path
-from engine.stores import WRITE_ALL, check_arrays, missing_rows, open_group, open_partial
+from engine.stores import WRITE_ALL, StoreDamaged, check_arrays, missing_rows, open_group, open_partial
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +164,7 @@ def _decode_all(group: zarr.Group, path: Path, src: Source, size: int, workers: 
         else:
             ctx = mp.get_context("spawn")  # zarr's I/O thread makes fork unsafe
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(src, array_path, os.getpid())) as pool:
+                                     initargs=(src.without_labels(), array_path, os.getpid())) as pool:
                 window = 3 * workers  # bounded in-flight blocks keep memory flat
                 pending = []
                 for task in tasks:
@@ -172,7 +180,7 @@ def _decode_all(group: zarr.Group, path: Path, src: Source, size: int, workers: 
     return skipped, seconds + time.perf_counter() - t0
 
 
-def _finish(group: zarr.Group, src: Source, skipped: list[dict], total: float) -> None:
+def _finish(group: zarr.Group, path: Path, src: Source, skipped: list[dict], total: float) -> None:
     """Drop the rows of skipped files, write ids/split/identity and mark the cache complete."""
     n = len(src)
     keep = np.ones(n, bool)
@@ -193,6 +201,7 @@ def _finish(group: zarr.Group, src: Source, skipped: list[dict], total: float) -
         a = group.create_array(name, shape=arr.shape, chunks=(max(1, min(len(arr), 65536)),), config=WRITE_ALL,
                                dtype=str if name == "ids" else arr.dtype, overwrite=True)
         a[:] = arr
+    _store_source_labels(group, path, src, np.flatnonzero(keep), overwrite=True)
     counts = {"images": rows, "skipped": len(skipped)}
     counts.update({SPLIT_NAMES[k]: int((split == k).sum()) for k in SPLIT_NAMES})
     group.attrs.update(complete=True, counts=counts, seconds=total, images_per_second=n / max(total, 1e-9))
@@ -233,13 +242,14 @@ def prepare(
         shutil.rmtree(build)
         group, build = _open_store(path, src, size, _fingerprint(src, size), overwrite)
     if group.attrs.get("complete"):
+        _refresh_labels(group, build, src, overwrite)
         if build != path:  # finished beside the old cache, but the swap never happened
             swap_in(build, path)
             group = zarr.open_group(path, mode="r")
         logger.info("%s is complete (%d images); nothing to do", path, group.attrs["counts"]["images"])
         return dict(group.attrs)
     skipped, total = _decode_all(group, build, src, size, workers, progress)
-    _finish(group, src, skipped, total)
+    _finish(group, build, src, skipped, total)
     if build != path:
         swap_in(build, path)
         logger.warning("replaced %s with the images of %s", path, src.spec)
@@ -247,6 +257,49 @@ def prepare(
     logger.info("prepared %d images (%d skipped) into %s in %.1f s", group.attrs["counts"]["images"], len(skipped),
                 path, total)
     return dict(group.attrs)
+
+
+def _store_source_labels(group: zarr.Group, path: Path, src: Source, index: np.ndarray, overwrite: bool,
+                         lab: tuple | None = None) -> None:
+    """Store the labels of the source's items ``index`` (the cache's rows, in order) unless the cache holds them.
+
+    ``lab``: ``src.labels()`` when the caller has it already. Labels differing from
+    stored ones replace them only with ``overwrite``; a stored array that lacks
+    chunks is rewritten either way (a repair, nothing is lost).
+    """
+    lab = src.labels() if lab is None else lab
+    if lab is None:
+        err = src.attribute_info.get("error")
+        if err and LABELS_ARRAY not in group:
+            group.attrs.update(attribute_error=err)
+        return
+    names, values, info = lab
+    kept = values[index]
+    # labelled images that could not be read: their rows are as unused as rows without an image
+    dropped = int((values != -1).any(axis=1).sum() - (kept != -1).any(axis=1).sum())
+    info = dict(info, unused_rows=int(info.get("unused_rows", 0)) + dropped)
+    if stored_equal(group, path, names, kept):
+        return
+    damaged = LABELS_ARRAY in group and bool(missing_rows(group[LABELS_ARRAY], path / LABELS_ARRAY))
+    if LABELS_ARRAY in group and not (overwrite or damaged):
+        logger.warning("the labels of %s differ from those in %s; pass overwrite=True (--overwrite) to replace "
+                       "them (the images stay)", src.spec, path)
+        return
+    store_labels(group, path, names, kept, info)
+    logger.info("stored %d labels (%s) in %s", len(names), info.get("source", src.spec), path)
+
+
+def _refresh_labels(group: zarr.Group, path: Path, src: Source, overwrite: bool) -> None:
+    """A complete cache: store the source's labels when they are new, fixed or damaged in the cache."""
+    lab = src.labels()
+    if lab is None and not src.attribute_info.get("error"):
+        return
+    pos = {name: k for k, name in enumerate(src.ids)}
+    index = [pos.get(str(i)) for i in group["ids"][:].tolist()]
+    if any(k is None for k in index):  # cannot happen with an equal fingerprint; never mislabel rows
+        logger.warning("%s lists images its source does not: its labels are left as they are", path)
+        return
+    _store_source_labels(group, path, src, np.asarray(index, dtype=np.int64), overwrite, lab)
 
 
 def _compact(images: zarr.Array, keep: np.ndarray) -> None:
@@ -281,6 +334,12 @@ def open_cache(run_dir: str | os.PathLike) -> zarr.Group:
                              f"({group.attrs['no_images']}); fix the source and rerun 'zspace prepare SOURCE "
                              f"--run {run_dir} --overwrite'")
         raise ValueError(f"{path} is incomplete (interrupted prepare): rerun 'zspace prepare' to finish it")
-    check_arrays(group, path, ("images", "ids", "split"), f"zspace prepare SOURCE --run {run_dir} --overwrite",
-                 required=("images", "ids", "split"))
+    check_arrays(group, path, ("images", "ids", "split", "identity"),
+                 f"zspace prepare SOURCE --run {run_dir} --overwrite", required=("images", "ids", "split"))
+    if LABELS_ARRAY in group:  # optional; prepare rewrites damaged labels without decoding an image again
+        check_arrays(group, path, (LABELS_ARRAY,), f"zspace prepare SOURCE --run {run_dir}")
+        if group[LABELS_ARRAY].shape[0] != group["images"].shape[0]:
+            raise StoreDamaged(f"{path}: array '{LABELS_ARRAY}' has {group[LABELS_ARRAY].shape[0]} rows for "
+                               f"{group['images'].shape[0]} images; rebuild it with 'zspace prepare SOURCE --run "
+                               f"{run_dir} --overwrite'")
     return group

@@ -14,6 +14,7 @@ crop is still at least ``size`` pixels, which makes small sizes much cheaper.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.data.synthetic import render_block, render_face
+from engine.data.labels import ATTR_FILES, LabelsError, match_labels, read_labels
+from engine.data.synthetic import ATTRIBUTE_NAMES, planted_attributes, render_block, render_face
 
 logger = logging.getLogger(__name__)
 
@@ -104,16 +106,48 @@ def crop_resize(img: Image.Image, size: int) -> np.ndarray:
 
 @dataclass
 class Source:
-    """Base class: ``ids`` (N,) str, ``split`` (N,) int8, ``identity`` (N,) int32 (-1 unknown)."""
+    """Base class: ``ids`` (N,) str, ``split`` (N,) int8, ``identity`` (N,) int32 (-1 unknown).
+
+    Labels, when the source has them: ``attributes`` int8 (N, A), 1 positive, 0
+    negative, -1 unlabelled, with ``attribute_names`` (A,); ``attribute_info`` says
+    where they came from (source, format, match counts, skipped columns) or, with
+    ``attributes`` None, why a label file present could not be used (``error``).
+    """
 
     spec: str
     ids: list[str]
     split: np.ndarray
     identity: np.ndarray
     kind: str = "base"
+    attributes: np.ndarray | None = None
+    attribute_names: list[str] = field(default_factory=list)
+    attribute_info: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def labels(self) -> tuple[list[str], np.ndarray, dict] | None:
+        """(names, int8 (N, A), info) of the items' labels, or None when the source has none."""
+        if self.attributes is None:
+            return None
+        return list(self.attribute_names), self.attributes, dict(self.attribute_info)
+
+    def without_labels(self) -> "Source":
+        """The same items without their labels: what worker processes receive (they only decode)."""
+        return dataclasses.replace(self, attributes=None)
+
+    def _labels_at(self, index: np.ndarray) -> dict:
+        """The label fields of the subset ``index``, as keyword arguments; rows of the images left out count as
+        unused."""
+        info = dict(self.attribute_info)
+        if self.attributes is None:
+            return dict(attribute_info=info)
+        kept = self.attributes[index]
+        matched = int((kept != -1).any(axis=1).sum())
+        left_out = int((self.attributes != -1).any(axis=1).sum()) - matched
+        info.update(matched=matched, unmatched_ids=len(kept) - matched,
+                    unused_rows=int(info.get("unused_rows", 0)) + left_out)
+        return dict(attributes=kept, attribute_names=list(self.attribute_names), attribute_info=info)
 
     def describe(self) -> dict:
         """JSON-able description stored in the cache's attributes."""
@@ -180,7 +214,7 @@ class FileSource(Source):
         return FileSource(
             spec=self.spec, ids=[self.ids[i] for i in index], split=self.split[index],
             identity=self.identity[index], kind=self.kind, root=self.root,
-            paths=[self.paths[i] for i in index], archive=self.archive,
+            paths=[self.paths[i] for i in index], archive=self.archive, **self._labels_at(index),
         )
 
 
@@ -206,6 +240,13 @@ class SyntheticSource(Source):
             images = render_block(int(idx[0]), int(idx[-1]) + 1, size=size, seed=self.seed)
             return images, np.ones(len(idx), bool), []
         return super().load_block(start, stop, size)
+
+    def labels(self) -> tuple[list[str], np.ndarray, dict]:
+        """The attributes the renderer planted in each item (``engine.data.synthetic.planted_attributes``)."""
+        n = len(self.index)
+        info = {"source": f"{self.spec} (planted by the renderer)", "format": "synthetic", "matched": n,
+                "unmatched_ids": 0, "unused_rows": 0, "ambiguous": 0, "skipped": {}}
+        return list(ATTRIBUTE_NAMES), planted_attributes(self.index, seed=self.seed), info
 
     def subset(self, index):
         return SyntheticSource(
@@ -269,8 +310,27 @@ def _celeba(root: Path, spec: str) -> FileSource:
         identity[:] = [table.get(i, -1) for i in ids]
     return FileSource(
         spec=spec, ids=ids, split=split, identity=identity, kind="celeba",
-        root=str(root), paths=paths, archive=arch,
+        root=str(root), paths=paths, archive=arch, **_celeba_labels(root, ids),
     )
+
+
+def _celeba_labels(root: Path, ids: list[str]) -> dict:
+    """The label fields of a CelebA root's source: from its ``list_attr_celeba.txt`` (or ``.csv``) when present.
+
+    A label file that cannot be used costs the labels, never the images: prepare goes
+    on and records why (``attribute_info["error"]``).
+    """
+    attr_file = next((root / name for name in ATTR_FILES if (root / name).is_file()), None)
+    if attr_file is None:
+        return {}
+    try:
+        labels = read_labels(attr_file)
+        values, counts = match_labels(labels, ids)
+    except LabelsError as exc:
+        logger.warning("%s; the images are prepared without labels", exc)
+        return dict(attribute_info={"source": str(attr_file), "error": str(exc)})
+    info = {"source": labels.source, "format": labels.format, **counts, "skipped": dict(labels.skipped)}
+    return dict(attributes=values, attribute_names=list(labels.names), attribute_info=info)
 
 
 def _folder(root: Path, spec: str) -> FileSource:

@@ -19,13 +19,19 @@ units; layers are painted back to front with ``img += cov * (colour - img)``.
 The layout imitates an aligned, centre-cropped frontal face photo (eyes at about
 40% of the height, face filling most of the frame) because downstream stages run
 OpenCV's Haar frontal-face detector on these images and on their reconstructions.
+
+Planted attributes: ``render_attributes(start, stop, seed)`` gives the labels of
+``render_block(start, stop, seed=seed)`` (hair colour, skin tone, face width, long
+hair, a fringe, an open mouth; ``ATTRIBUTE_NAMES``) read from the same uniforms the
+renderer draws, without rendering; ``prepare synthetic:N`` stores them beside the
+images.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["render_face", "render_block"]
+__all__ = ["ATTRIBUTE_NAMES", "planted_attributes", "render_attributes", "render_block", "render_face"]
 
 _F = np.float32
 
@@ -67,7 +73,47 @@ _IRIS = np.array(
     dtype=_F,
 )
 
+_N_DRAWS = 128  # uniforms drawn per face; render_face consumes them in a fixed order
+
+# Parameters of the draws that set the planted attributes, shared by render_face and
+# render_attributes so that a label is the very value the renderer used.
+_SKIN_POWER = 1.3  # skin palette position u ** 1.3: pale skin is the most common
+_SHORT, _MEDIUM = 0.4, 0.7  # hair style u: short below 0.4, medium below 0.7, else long
+_WIDTH = (0.70, 0.84)  # face half-width / half-height
+_OPENED = (-0.06, 0.09)  # mouth opening in face units, clipped at 0 (closed)
+_FRINGE = 0.35  # share of faces with a fringe (bangs) over the forehead
+
+# Slot (position in the stream of uniforms) of each planted draw. Every draw before
+# the fringe is unconditional, so these slots are the same for every face;
+# render_face checks each one as it draws.
+_SLOTS = {"skin": 11, "hair": 15, "width": 27, "style": 28, "opened": 71, "fringe": 75}
+
+# The planted attributes: CelebA's names where one fits. Each is common enough both ways
+# to train and test a readout on a few hundred faces, and large enough in the image for
+# the attribute classifier (engine.model.classifier, 2,200 training faces) to learn it:
+# hair colour, skin, long hair at held-out AUC 0.98-1.0 from 32 px, a fringe and face
+# width 0.72-0.86, an open mouth 0.94 at 64 px after 20 epochs (near chance at 32 px).
+# Smile and head tilt are not labels: a corner lift of at most 4 px at 96 px and a tilt
+# of a few degrees stayed at chance AUC at 96 px.
+ATTRIBUTE_NAMES = ["Black_Hair", "Brown_Hair", "Blond_Hair", "Pale_Skin", "Dark_Skin", "Wide_Face", "Long_Hair",
+                   "Bangs", "Mouth_Slightly_Open"]
+_PALE, _DARK = 0.2, 0.6  # skin palette position: below 0.2 the two palest entries; above 0.6 the two darkest
+_WIDE = 0.77  # face half-width / half-height above the middle of its range
+# an opening above half the widest (0.09): the narrower ones, teeth or not, are a few
+# pixels that the classifier did not tell from a closed mouth
+_OPEN = 0.045
+
 _GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _between(lo: float, hi: float, v: float) -> float:
+    """The uniform ``v`` in [0, 1) mapped to [lo, hi): every draw of render_face goes through here."""
+    return lo + (hi - lo) * v
+
+
+def _hair_class(v: float) -> int:
+    """Index into ``_HAIR`` of the uniform ``v``: the colour with cumulative probability just above it."""
+    return int(np.searchsorted(_HAIR_CDF, v, side="right"))
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,10 +193,20 @@ def render_face(index: int, size: int = 96, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng([seed, index])
     # One batch of uniforms: a Generator call per parameter would cost more than
     # the drawing itself at 96 px. Slots are consumed in a fixed order.
-    u = iter(rng.random(128).tolist())
+    draws = rng.random(_N_DRAWS).tolist()
+    pos = 0
 
     def U(lo: float, hi: float) -> float:
-        return lo + (hi - lo) * next(u)
+        nonlocal pos
+        pos += 1
+        return _between(lo, hi, draws[pos - 1])
+
+    def P(name: str, lo: float, hi: float) -> float:
+        # a planted draw: render_attributes reads this slot without rendering, so a
+        # renderer change that moves it must fail loudly here, not mislabel faces
+        if pos != _SLOTS[name]:
+            raise RuntimeError(f"planted draw {name!r} moved from slot {_SLOTS[name]} to {pos}: update _SLOTS")
+        return U(lo, hi)
 
     x, y = _grid(size)
     half = size * 0.5
@@ -185,9 +241,9 @@ def render_face(index: int, size: int = 96, seed: int = 0) -> np.ndarray:
     # ---- colours ---------------------------------------------------------
     bg0 = _hsv(U(0, 1), U(0.05, 0.45), U(0.35, 0.92))
     bg1 = _hsv(U(0, 1), U(0.05, 0.45), U(0.35, 0.92))
-    skin = _lerp_palette(_SKIN, U(0, 1) ** 1.3) * _F(U(0.94, 1.06))
+    skin = _lerp_palette(_SKIN, P("skin", 0, 1) ** _SKIN_POWER) * _F(U(0.94, 1.06))
     skin = skin * np.array([U(0.97, 1.03), 1.0, U(0.95, 1.05)], dtype=_F)
-    hi = int(np.searchsorted(_HAIR_CDF, U(0, 1), side="right"))
+    hi = _hair_class(P("hair", 0, 1))
     hair = (_HAIR[hi] + (_HAIR[1] - _HAIR[hi]) * _F(U(0.0, 0.3))) * _F(U(0.85, 1.15))
     iris = _lerp_palette(_IRIS, U(0, 1))
     clothes = _hsv(U(0, 1), U(0.1, 0.7), U(0.15, 0.85))
@@ -202,7 +258,7 @@ def render_face(index: int, size: int = 96, seed: int = 0) -> np.ndarray:
     # ---- lighting: directional gradient + a ball-like falloff at the rim ---
     la = U(0, 2 * np.pi)
     lk = U(0.05, 0.35)
-    a = U(0.70, 0.84)  # face half-width / half-height
+    a = P("width", *_WIDTH)  # face half-width / half-height
     shade = _F(1.0) + _F(lk * np.cos(la)) * fx + _F(lk * np.sin(la) * 0.6) * fy
     rr = fx * fx * _F(1.0 / (a * a)) + fy * fy
     shade -= _F(0.11) * rr * rr
@@ -210,10 +266,10 @@ def render_face(index: int, size: int = 96, seed: int = 0) -> np.ndarray:
     skin_lit = skin * shade3
 
     # ---- hair behind the head ---------------------------------------------
-    style = U(0, 1)
-    if style < 0.4:  # short: stops above the ears
+    style = P("style", 0, 1)
+    if style < _SHORT:  # short: stops above the ears
         vol, hair_len, side = U(0.03, 0.14), U(-0.5, -0.25), U(0.05, 0.3)
-    elif style < 0.7:  # medium: bob between ear and chin
+    elif style < _MEDIUM:  # medium: bob between ear and chin
         vol, hair_len, side = U(0.06, 0.24), U(0.0, 0.75), U(0.3, 0.9)
     else:  # long: past the chin, sometimes onto the shoulders
         vol, hair_len, side = U(0.06, 0.26), U(0.8, 1.9), U(0.4, 1.3)
@@ -349,7 +405,7 @@ def render_face(index: int, size: int = 96, seed: int = 0) -> np.ndarray:
     # ---- mouth: lips, then the opening (a single dark line when closed) -----
     mw = U(0.16, 0.28)
     smile = U(-0.05, 0.12)
-    opened = max(U(-0.06, 0.09), 0.0)
+    opened = max(P("opened", *_OPENED), 0.0)
     lt = U(0.015, 0.04)
     lb = U(0.025, 0.055)
     w = box(-mw - 0.02, mw + 0.02, my - max(smile, 0.0) - opened - lt - 0.02,
@@ -373,7 +429,7 @@ def render_face(index: int, size: int = 96, seed: int = 0) -> np.ndarray:
 
     # ---- hair in front: cap, fringe and side locks over the face -------------
     h0 = U(-1.0, -0.55)  # hairline height in the middle of the forehead
-    fringe = U(0.0, 1.0) < 0.35
+    fringe = P("fringe", 0.0, 1.0) < _FRINGE
     if fringe:
         h0 = min(by - bt - 0.06, h0 + U(0.2, 0.45))
     sw = U(0.55, 0.85)  # where, across the forehead, the sides start to drop
@@ -406,3 +462,47 @@ def render_block(start: int, stop: int, size: int = 96, seed: int = 0) -> np.nda
     for k, i in enumerate(range(start, stop)):
         out[k] = render_face(i, size=size, seed=seed)
     return out
+
+
+def planted_attributes(index, seed: int = 0) -> np.ndarray:
+    """int8 (n, len(ATTRIBUTE_NAMES)), 1 where image ``index[k]`` of the set ``seed`` shows the attribute, else 0.
+
+    Read from the same uniforms render_face draws (``_SLOTS``), without rendering:
+    about 10 us per face. ``index`` is a sequence of ints >= 0.
+    """
+    seed = _check("seed", seed, 0)
+    index = [_check("index", i, 0) for i in np.asarray(index, dtype=object).ravel()]
+    u = np.empty((len(index), _N_DRAWS))
+    for k, i in enumerate(index):
+        u[k] = np.random.default_rng([seed, i]).random(_N_DRAWS)
+    col = {name: u[:, slot] for name, slot in _SLOTS.items()}
+    skin = col["skin"] ** _SKIN_POWER
+    hair = np.searchsorted(_HAIR_CDF, col["hair"], side="right")
+    opened = np.maximum(_between(*_OPENED, col["opened"]), 0.0)
+    planted = {
+        "Black_Hair": hair == 0,
+        "Brown_Hair": (hair == 1) | (hair == 2),  # dark brown or brown
+        "Blond_Hair": hair == 3,
+        "Pale_Skin": skin < _PALE,
+        "Dark_Skin": skin > _DARK,
+        "Wide_Face": _between(*_WIDTH, col["width"]) > _WIDE,
+        "Long_Hair": col["style"] >= _MEDIUM,  # past the chin
+        "Bangs": col["fringe"] < _FRINGE,
+        "Mouth_Slightly_Open": opened > _OPEN,  # wide enough to show teeth clearly
+    }
+    return np.stack([planted[name] for name in ATTRIBUTE_NAMES], axis=1).astype(np.int8).reshape(len(index), -1)
+
+
+def render_attributes(start: int, stop: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """(names, int8 (stop-start, A) of 1/0): the attributes planted in render_block(start, stop, seed=seed).
+
+    Names follow CelebA's where one fits (``Black_Hair``, ``Brown_Hair`` (dark brown or
+    brown), ``Blond_Hair``, ``Pale_Skin`` (skin palette position below 0.2), ``Bangs``,
+    ``Mouth_Slightly_Open`` (an opening above 0.045 face units)); the others are
+    ``Dark_Skin`` (palette position above 0.6), ``Wide_Face`` (width / height above
+    0.77) and ``Long_Hair`` (hair past the chin). Grey and auburn hair (8% and 7% of
+    faces) are too rare to be labels of their own.
+    """
+    start = _check("start", start, 0)
+    stop = _check("stop", stop, start)
+    return list(ATTRIBUTE_NAMES), planted_attributes(range(start, stop), seed=seed)
