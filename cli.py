@@ -16,6 +16,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 # light modules only (dataclasses, the stage table): `zspace --help` never imports torch
 from engine.analysis.config import TSNE_AFFINITIES, StatsConfig, StructureConfig, TSNEConfig
+from engine.attributes.config import AttributesConfig
 from engine.data.config import PrepareConfig
 from engine.files import run_lock
 from engine.generation.config import SAMPLERS, CompareConfig, FacemapConfig, GenerateConfig, PathsConfig
@@ -24,8 +25,8 @@ from engine.stages import STAGE_NAMES, STAGES
 
 RANKED = ("train", "encode")  # the verbs that run on several ranks (--nproc, torchrun)
 # verbs that write RUN: one process at a time per run directory
-WRITERS = {"prepare", "train", "encode", "import-latents", "stats", "structure", "tsne", "generate", "paths",
-           "compare", "facemap", "report", "run"}
+WRITERS = {"prepare", "train", "encode", "import-latents", "stats", "structure", "tsne", "attributes", "generate",
+           "paths", "compare", "facemap", "report", "run"}
 
 
 def _positive_int(text: str) -> int:
@@ -252,10 +253,25 @@ def cmd_facemap(args) -> dict:
     res = facemap(args.run, n=args.n, seed=args.seed, device=args.device, progress=not args.quiet)
     v = res["verdict"]
     print(v["sentence"], file=sys.stderr)
+    if "quality" in v:
+        print(v["quality"]["sentence"], file=sys.stderr)
     out = Path(args.run) / "facemap"
     return {"explains": v["explains"], "voids_matter": v["voids_matter"], "region_matters": v["region_matters"],
             "region_ends": v["region_ends"], "probes": res["n_probes"], "seconds": res["seconds"],
             "json": str(out / "facemap.json"), "figures": {k: str(out / f) for k, f in res["figures"].items()}}
+
+
+def cmd_attributes(args) -> dict:
+    from engine.attributes.stage import attributes
+
+    res = attributes(args.run, attrs=args.attrs, progress=not args.quiet, n=args.n, seed=args.seed, device=args.device)
+    out = Path(args.run) / "attributes"
+    if "no_labels" in res:
+        print(f"attributes: skipped, {res['no_labels']}", file=sys.stderr)
+        return {"no_labels": res["no_labels"], "json": str(out / "attributes.json")}
+    return {"attributes": {a: round(r["readout"]["auc"], 4) for a, r in res["attributes"].items()},
+            "carried_by_dominant": res["carried_by_dominant"], "judged_changes": res["judged_changes"],
+            "skipped": res["skipped"], "seconds": res["seconds"], "json": str(out / "attributes.json")}
 
 
 def cmd_judge(args) -> dict:
@@ -392,6 +408,14 @@ def _generation_verbs(verb, sub) -> None:
     sp.add_argument("--pcs", type=_index_pair, action="append", metavar="P,Q",
                     help="a segment in the plane of principal axes P and Q (1-based, PC1 first; repeatable; default 1,2)")
     sp.add_argument("--device", default=PathsConfig.device)
+
+    sp = verb("attributes", cmd_attributes, STAGES["attributes"].summary)
+    sp.add_argument("--attrs", metavar="FILE", help="labels: CelebA's list_attr_celeba.txt or a CSV with a file-name "
+                    "column (default: those prepare kept in images.zarr)")
+    sp.add_argument("--n", type=_positive_int, default=AttributesConfig.n,
+                    help=f"labelled train-split latents in the readouts (default {AttributesConfig.n:,})")
+    sp.add_argument("--seed", type=int, default=AttributesConfig.seed)
+    sp.add_argument("--device", default=AttributesConfig.device)
 
     sp = verb("compare", cmd_compare, STAGES["compare"].summary)
     sp.add_argument("--n", type=_positive_int, default=CompareConfig.n, help=f"z-points per sampler (default {CompareConfig.n:,})")

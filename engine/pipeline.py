@@ -27,6 +27,8 @@ from engine.analysis.config import StructureConfig, TSNEConfig
 from engine.analysis.stats import compute_stats
 from engine.analysis.structure import compute_structure
 from engine.analysis.tsne import compute_tsne
+from engine.attributes.config import AttributesConfig
+from engine.attributes.stage import attributes
 from engine.data.imagecache import open_cache, prepare
 from engine.deps import face_detector
 from engine.files import write_json_atomic
@@ -63,6 +65,7 @@ class Profile:
     batch_size: int = TrainConfig.batch_size
     k: int = StructureConfig.k
     tsne_n: int = TSNEConfig.n
+    attributes_n: int = AttributesConfig.n
     compare_n: int = CompareConfig.n
     facemap_n: int = FacemapConfig.n
     seed: int = 0
@@ -96,6 +99,7 @@ def stage_options(p: Profile) -> dict[str, dict]:
         "stats": {},
         "structure": {"k": p.k, "seed": p.seed},
         "tsne": {"n": p.tsne_n, "seed": p.seed},
+        "attributes": {"n": p.attributes_n, "seed": p.seed},
         "compare": {"n": p.compare_n, "seed": p.seed},
         "facemap": {"n": p.facemap_n, "seed": p.seed},
         "report": {},
@@ -149,6 +153,8 @@ def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, prog
         return compute_structure(run, StructureConfig(k=p.k, seed=p.seed), progress=progress, cluster=cluster)
     if name == "tsne":
         return compute_tsne(run, TSNEConfig(n=p.tsne_n, seed=p.seed), progress=progress, cluster=cluster)
+    if name == "attributes":
+        return attributes(run, config=AttributesConfig(n=p.attributes_n, seed=p.seed, device=device), progress=progress)
     if name == "compare":
         return compare(run, n=p.compare_n, seed=p.seed, device=device, progress=progress)
     if name == "facemap":

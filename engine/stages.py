@@ -59,6 +59,10 @@ TABLE: tuple[Stage, ...] = (
           "kNN graph, local and global intrinsic dimension, voids; data vs null -> RUN/structure/"),
     Stage("tsne", "engine.analysis.tsne:compute_tsne", "engine.analysis.config:TSNEConfig", ("latents.zarr",),
           "tsne/tsne.json", "openTSNE map of N random points, beside the null model -> RUN/tsne/"),
+    Stage("attributes", "engine.attributes.stage:attributes", "engine.attributes.config:AttributesConfig",
+          ("latents.zarr", "checkpoints/best.pt"), "attributes/attributes.json",
+          "what the components carry: attribute readouts, directions, traversals judged by a classifier -> "
+          "RUN/attributes/"),
     Stage("compare", "engine.generation.compare:compare", "engine.generation.config:CompareConfig",
           ("latents.zarr", "checkpoints/best.pt"), "generate/compare.json",
           "every sampler and path family decoded and judged -> RUN/generate/compare.json, .md, .png"),

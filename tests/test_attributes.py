@@ -90,3 +90,40 @@ def test_directions_point_along_the_planted_one(planted):
     assert res["logistic"]["angle_to_dominant"] < 5 and res["logistic"]["dominant_share"] > 0.99
     assert res["angle_between"] == pytest.approx(angle_deg(res["logistic"]["unit"], res["mean_difference"]["unit"]))
     assert res["mean_difference"]["separation"] > 0
+
+
+def test_the_stage_on_synthetic_faces_writes_every_output(finished_run):
+    """``zspace run`` on synthetic faces: their planted attributes go through prepare into the stage."""
+    import json
+
+    from engine.data.synthetic import ATTRIBUTE_NAMES
+
+    out = finished_run / "attributes"
+    res = json.loads((out / "attributes.json").read_text())
+    assert res["names"] == list(ATTRIBUTE_NAMES)
+    assert res["usable"] and set(res["usable"]) <= set(ATTRIBUTE_NAMES)
+    for name in res["usable"]:
+        r = res["attributes"][name]
+        assert 0 <= r["readout"]["auc"] <= 1 and r["readout"]["n_pos"] >= 20 and r["readout"]["n_neg"] >= 20
+        assert (out / r["traversal_figure"]).stat().st_size > 0
+    for f in ("heatmap.png", "auc.png", "attributes.md", "readout.csv", "correlation.npy", "classifier.pt"):
+        assert (out / f).stat().st_size > 0, f
+    corr = np.load(out / "correlation.npy")
+    assert corr.shape == (len(res["usable"]), 16)
+    page = (finished_run / "report" / "index.html").read_text()
+    assert "What do the components carry?" in page and "attributes_heatmap.png" in page
+
+
+def test_a_run_without_labels_is_skipped_in_one_line(tmp_path, capsys):
+    import json
+
+    from cli import main
+
+    z = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    assert main(["-q", "import-latents", str(tmp_path / "z.npy"), "--run", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["attributes", "--run", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("attributes: skipped,") and err.count("\n") == 0, err
+    assert "no_labels" in json.loads((tmp_path / "run" / "attributes" / "attributes.json").read_text())

@@ -132,8 +132,8 @@ def test_report_opens_in_headless_chromium_with_every_image_loaded(finished_run,
         assert errors == [], errors
         assert driver.title.startswith("zspace report")
         sections = [h.text for h in driver.find_elements("css selector", "section h2")]
-        assert len(sections) == 6 and sections[0] == "Findings"  # the Findings, then the five questions
-        assert len(driver.find_elements("css selector", "#findings li")) == 4
+        assert len(sections) == 7 and sections[0] == "Findings"  # the Findings, then the six questions
+        assert len(driver.find_elements("css selector", "#findings li")) == 5  # one per question the stages answered, the attributes included
         # captions carry numbers: each figure's caption has at least one digit
         captions = [c.text for c in driver.find_elements("css selector", "figcaption")]
         assert len(captions) == len(images) and all(re.search(r"\d", c) for c in captions)

@@ -43,6 +43,7 @@ from engine.generation.cloud import TrainingCloud, training_rows
 from engine.generation.config import CompareConfig
 from engine.generation.generate import decode_with, encode_with, load_model, load_z, sampler_info, write_samples
 from engine.deps import face_detector
+from engine.generation.quality import QualityJudge
 from engine.generation.judge import DEFAULT, calibration, detect, sharpness, wilson_interval
 from engine.generation.paths import trace_paths
 from engine.generation.sampling import SAMPLERS, Sampler, SamplerConfig
@@ -94,6 +95,13 @@ def markdown_table(result: dict) -> str:
     for name, m in result["samplers"].items():
         lines.append(f"| {name} | {m['face_rate']:.3f} | {_fmt_ci(m['face_rate_ci'])} | {m['consistency']:.3f} | "
                      f"{m['nn_distance_ratio']:.2f} | {m['radius_ratio']:.2f} | {m['sharpness']:.0f} | {m['sharpness_ratio']:.2f} |")
+    fd = {k: m["frechet"] for k, m in result["samplers"].items() if "frechet" in m}
+    if fd:
+        lines += ["", "Fréchet distance of the attribute classifier's features to real test images (FID's formula "
+                  "in zspace's own feature space: comparable across samplers of this run, not with published FIDs):",
+                  "", "| sampler | Fréchet distance | 95% CI | n |", "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {f['distance']:.2f} | {f['ci95'][0]:.2f}-{f['ci95'][1]:.2f} | {f['n_a']} |"
+                  for k, f in fd.items()]
     cal = result["calibration"]
     lines += ["", "consistency: median |E(D(z)) - z| / spread (spread = RMS distance from the centre, "
               f"{result['spread']:.3g}); NN-distance ratio: median distance to the nearest training latent / "
@@ -171,6 +179,7 @@ def compare(run_dir: str | os.PathLike, n: int = CompareConfig.n, seed: int = Co
     train_rows = training_rows(group, len(z))
     model, dev, prec = load_model(run, device=device)
     ref = Reference(z, train_rows, model, dev, prec, seed)
+    quality = QualityJudge.for_run(run, device=device, seed=seed)  # None until 'zspace attributes' trained one
 
     result: dict = {"n": n, "seed": seed, "inputs": {"latents_key": group.attrs.get("key")}, "spread": ref.spread,
                     "nn_distance": ref.nn_distance, "radius": ref.radius,
@@ -183,6 +192,8 @@ def compare(run_dir: str | os.PathLike, n: int = CompareConfig.n, seed: int = Co
         images = decode_with(model, zs, dev, prec)
         write_samples(out / name, zs, images, sampler_info(s, n, seed, zs))
         m = ref.measure(zs, images, detect(images))
+        if quality is not None:
+            m["frechet"] = quality.distance(quality.features(images))
         result["samplers"][name] = m
         if name == "data":
             recon = images

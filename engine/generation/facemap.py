@@ -57,6 +57,7 @@ from engine.generation.config import FacemapConfig
 from engine.generation.facemap_figures import facemap_figures
 from engine.generation.generate import decode_with, load_model, load_z
 from engine.deps import face_detector
+from engine.generation.quality import QualityJudge
 from engine.generation.judge import DEFAULT, detect, wilson_interval
 from engine.latents.store import open_latents
 
@@ -232,22 +233,49 @@ def verdict(sweep: list[dict], depth_bins: list[dict]) -> dict:
             "sweep_highest": hi, "sweep_lowest": lo}
 
 
-def _judge_all(z: np.ndarray, decode: Callable, judge: Callable, keep: np.ndarray, progress: bool):
-    """Face verdict of every row of z, decoded in batches; the images of the rows in ``keep``."""
+QUALITY_RULE = ("depth changes quality when the Fréchet distance (attribute-classifier features, to real test images) "
+                "of the deepest void-depth bin exceeds that of the shallowest and their 95% bootstrap intervals do "
+                "not overlap; it leaves quality alone when the intervals overlap")
+
+
+def quality_verdict(pooled: list[dict]) -> dict:
+    """Whether void depth changes the decoded images' quality, by ``QUALITY_RULE``, from the pooled depth bins."""
+    shallow, deep = pooled[0].get("frechet"), pooled[-1].get("frechet")
+    if shallow is None or deep is None:
+        return {"rule": QUALITY_RULE, "changes": None, "sentence": "too few probes per bin to judge quality"}
+    changes = bool(deep["distance"] > shallow["distance"] and deep["ci95"][0] > shallow["ci95"][1])
+    sentence = (f"Fréchet distance to real faces {shallow['distance']:.2f} ({shallow['ci95'][0]:.2f}-"
+                f"{shallow['ci95'][1]:.2f}) for the shallowest probes against {deep['distance']:.2f} "
+                f"({deep['ci95'][0]:.2f}-{deep['ci95'][1]:.2f}) for the deepest: depth "
+                f"{'lowers' if changes else 'does not measurably change'} the quality of what they decode to.")
+    return {"rule": QUALITY_RULE, "changes": changes, "sentence": sentence,
+            "shallow": shallow["distance"], "deep": deep["distance"]}
+
+
+def _judge_all(z: np.ndarray, decode: Callable, judge: Callable, keep: np.ndarray, progress: bool,
+               features: Callable | None = None):
+    """Face verdict of every row of z, decoded in batches; the images of the rows in ``keep``; the quality
+    judge's features of every row (float32 (n, F)) when ``features`` is given, else None."""
     face = np.zeros(len(z), bool)
+    feats = []
     kept = {}
     want = set(keep.tolist())
     for s in tqdm(range(0, len(z), DECODE_BATCH), desc="decode + judge", unit="batch", disable=None if progress else True,
                   leave=False):
         images = decode(z[s : s + DECODE_BATCH])
         face[s : s + len(images)] = judge(images)
+        if features is not None:
+            feats.append(features(images))
         kept.update({i: images[i - s] for i in range(s, s + len(images)) if i in want})
-    return face, np.stack([kept[i] for i in keep]) if len(keep) else None
+    return face, np.stack([kept[i] for i in keep]) if len(keep) else None, np.concatenate(feats) if feats else None
 
 
 def face_map(zt: np.ndarray, decode: Callable[[np.ndarray], np.ndarray], cfg: FacemapConfig | None = None,
-             judge: Callable[[np.ndarray], np.ndarray] = detect, progress: bool = True) -> tuple[dict, dict]:
-    """The experiment on training latents ``zt`` with ``decode`` (float32 (n, D) -> uint8 images) and ``judge``.
+             judge: Callable[[np.ndarray], np.ndarray] = detect, progress: bool = True,
+             quality=None) -> tuple[dict, dict]:
+    """The experiment on training latents ``zt`` with ``decode`` (float32 (n, D) -> uint8 images) and ``judge``;
+    with a ``quality`` judge (``engine.generation.quality.QualityJudge``) every depth bin also gets the Fréchet
+    distance of its decoded images to real test images, and the verdict says whether depth changes quality.
 
     Returns (the JSON result, the arrays: z, family, radius ratio, depth, face, stated radius, strip images).
     """
@@ -265,15 +293,21 @@ def face_map(zt: np.ndarray, decode: Callable[[np.ndarray], np.ndarray], cfg: Fa
     bins = depth_bin(depth, edges)
     strip = np.concatenate([rng.permutation(np.flatnonzero(in_depth & (bins == b)))[: cfg.strip]
                             for b in range(len(edges) - 1)]).astype(np.int64)
-    face, strip_images = _judge_all(z, decode, judge, strip, progress)
+    face, strip_images, feats = _judge_all(z, decode, judge, strip, progress,
+                                           None if quality is None else quality.features)
 
-    result: dict = {"rule": RULE, "config": asdict(cfg) | {"radii": list(cfg.radii)}, "n_probes": int(len(z)),
+    rule = RULE | ({"quality_changes": QUALITY_RULE} if quality is not None else {})
+    result: dict = {"rule": rule, "config": asdict(cfg) | {"radii": list(cfg.radii)}, "n_probes": int(len(z)),
                     "median_radius": cloud.median_radius, "nn_scale": cloud.nn_scale,
                     "radius_band": np.quantile(cloud.radii / cloud.median_radius, [0.05, 0.25, 0.75, 0.95]).tolist(),
                     "train_points": int(len(zt)), "detector": DEFAULT.settings()}
     result["sweep"] = {k: _sweep_rates(stated[family == i], face[family == i], cfg.radii) for i, k in enumerate(SWEEPS)}
     pooled = [{"bin": b, "lo": float(edges[b]), "hi": float(edges[b + 1])} | _rate(face[in_depth & (bins == b)])
               for b in range(len(edges) - 1)]
+    if feats is not None:
+        for b in pooled:
+            rows = in_depth & (bins == b["bin"])
+            b["frechet"] = quality.distance(feats[rows]) if rows.sum() >= 2 else None
     result["depth"] = {"edges": edges.tolist(), "pooled": pooled, "families": {
         k: {"bins": [_rate(face[(family == i) & (bins == b)]) for b in range(len(edges) - 1)],
             "depth_quantiles": np.quantile(depth[family == i], [0.05, 0.25, 0.5, 0.75, 0.95]).tolist(),
@@ -283,6 +317,8 @@ def face_map(zt: np.ndarray, decode: Callable[[np.ndarray], np.ndarray], cfg: Fa
                              for i, k in enumerate(SWEEPS)}
     result["logistic"] = logistic_model(radius, depth, face, cfg.bootstrap, rng)
     result["verdict"] = verdict(result["sweep"]["sweep_random"], pooled)
+    if feats is not None:
+        result["verdict"]["quality"] = quality_verdict(pooled)
     arrays = {"z": z, "family": family, "radius_ratio": radius, "depth": depth, "face": face, "stated_radius": stated,
               "depth_bin": bins, "strip": strip, "strip_images": strip_images}
     return result, arrays
@@ -296,10 +332,15 @@ def markdown(result: dict) -> str:
     for a, b in zip(result["sweep"]["sweep_random"], result["sweep"]["sweep_axes"]):
         lines.append(f"| {a['r']:.1f} | {a['rate']:.3f} ({a['ci95'][0]:.3f}-{a['ci95'][1]:.3f}, n {a['n']}) | "
                      f"{b['rate']:.3f} ({b['ci95'][0]:.3f}-{b['ci95'][1]:.3f}, n {b['n']}) |")
-    lines += ["", "## Void depth at the median radius (all depth probes pooled)", "", "| depth | face rate | 95% CI | n |",
-              "|---|---:|---:|---:|"]
-    lines += [f"| {b['lo']:.2f}-{b['hi']:.2f} | {b['rate']:.3f} | {b['ci95'][0]:.3f}-{b['ci95'][1]:.3f} | {b['n']} |"
-              for b in result["depth"]["pooled"]]
+    lines += ["", "## Void depth at the median radius (all depth probes pooled)", "",
+              "| depth | face rate | 95% CI | n | Fréchet distance (95%) |", "|---|---:|---:|---:|---|"]
+    for b in result["depth"]["pooled"]:
+        fd = b.get("frechet")
+        fds = "-" if not fd else f"{fd['distance']:.2f} ({fd['ci95'][0]:.2f}-{fd['ci95'][1]:.2f})"
+        lines.append(f"| {b['lo']:.2f}-{b['hi']:.2f} | {b['rate']:.3f} | {b['ci95'][0]:.3f}-{b['ci95'][1]:.3f} | "
+                     f"{b['n']} | {fds} |")
+    if "quality" in v:
+        lines += ["", f"Quality: {v['quality']['sentence']} Rule: {v['quality']['rule']}."]
     lg = result["logistic"]
     lines += ["", "## Logistic model of P(face) (standardised features)", "", "| feature | coefficient | 95% bootstrap |",
               "|---|---:|---:|"]
@@ -319,7 +360,9 @@ def facemap(run_dir: str | os.PathLike, n: int = FacemapConfig.n, seed: int = Fa
     group = open_latents(run)
     train_rows = training_rows(group, len(z), NEAR_PAIRS + 2)
     model, dev, prec = load_model(run, device=cfg.device)
-    result, arrays = face_map(z[train_rows], lambda zs: decode_with(model, zs, dev, prec), cfg, progress=progress)
+    quality = QualityJudge.for_run(run, device=cfg.device, seed=cfg.seed)  # None until 'zspace attributes' ran
+    result, arrays = face_map(z[train_rows], lambda zs: decode_with(model, zs, dev, prec), cfg, progress=progress,
+                              quality=quality)
     result["inputs"] = {"latents_key": group.attrs.get("key")}
     out = run / "facemap"
     out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,13 @@ distances at equal n (and the same F) compare fairly, so every result carries ``
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from engine.data.imagecache import open_cache
+from engine.data.sources import TEST
+from engine.model.classifier import FittedClassifier
 
 
 def _features(x, name: str) -> np.ndarray:
@@ -112,3 +118,38 @@ def frechet_interval(a, b, n_boot: int = 200, seed: int = 0) -> dict:
     return {"distance": d, "ci95": [float(max(2 * d - hi_q, 0.0)), float(max(2 * d - lo_q, 0.0))],
             "n_a": int(len(a)), "n_b": int(len(b)), "n_boot": int(n_boot),
             "bootstrap_bias": float(boot.mean() - d), "method": "basic bootstrap, both sets resampled"}
+
+
+REFERENCE_ROWS = 2000  # real test images whose classifier features are the reference set
+
+
+class QualityJudge:
+    """The run's attribute classifier as a quality judge: Fréchet distance of decoded images' penultimate-layer
+    features to those of real held-out images. ``for_run`` gives None where no classifier was trained
+    (``zspace attributes`` trains it), so compare and facemap report the face rate alone."""
+
+    def __init__(self, classifier, reference: np.ndarray, n_boot: int = 200, seed: int = 0):
+        self.classifier = classifier
+        self.reference = reference  # float32 (n_ref, F): features of real test images
+        self.n_boot, self.seed = n_boot, seed
+
+    @classmethod
+    def for_run(cls, run_dir, device: str = "auto", seed: int = 0) -> "QualityJudge | None":
+        path = Path(run_dir) / "attributes" / "classifier.pt"
+        if not path.exists():
+            return None
+        classifier = FittedClassifier.load(path, device)
+        cache = open_cache(run_dir)
+        split = cache["split"][:]
+        rows = np.flatnonzero(split == TEST)
+        rows = rows if len(rows) >= 2 else np.arange(len(split))
+        rows = np.sort(np.random.default_rng(seed).permutation(rows)[:REFERENCE_ROWS])
+        images = cache["images"].get_orthogonal_selection((rows, slice(None), slice(None), slice(None)))
+        return cls(classifier, classifier.features(images), seed=seed)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return self.classifier.features(images)
+
+    def distance(self, features: np.ndarray) -> dict:
+        """``frechet_interval`` of ``features`` against the real reference."""
+        return frechet_interval(features, self.reference, n_boot=self.n_boot, seed=self.seed)

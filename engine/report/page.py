@@ -260,10 +260,15 @@ def _faces(run: Path) -> Section:
     rows = [[k, f"{m['face_rate']:.3f}", f"{m['face_rate_ci'][0]:.3f}-{m['face_rate_ci'][1]:.3f}", f"{m['consistency']:.3f}",
              f"{m['nn_distance_ratio']:.2f}", f"{m.get('radius_ratio', float('nan')):.2f}", f"{m['sharpness_ratio']:.2f}"]
             for k, m in sm.items()]
+    quality = all("frechet" in m for m in sm.values())
+    if quality:  # the attribute classifier's Fréchet distance to real test images, beside the face rate
+        for row, m in zip(rows, sm.values()):
+            row.append(f"{m['frechet']['distance']:.2f} ({m['frechet']['ci95'][0]:.2f}-{m['frechet']['ci95'][1]:.2f})")
     s.tables.append((f"Samplers ({cj['n']} z-points each, seed {cj['seed']}). Consistency: median |E(D(z)) - z| / spread; "
                      "NN-distance ratio: distance to the nearest training latent / typical neighbour distance; radius "
                      "ratio: Mahalanobis radius / the data's; sharpness against reconstructions.",
-                     ["sampler", "face rate", "95% CI", "consistency", "NN-distance ratio", "radius ratio", "sharpness"], rows))
+                     ["sampler", "face rate", "95% CI", "consistency", "NN-distance ratio", "radius ratio", "sharpness"]
+                     + (["Fréchet distance (95%)"] if quality else []), rows))
     cal = cj["calibration"]
     crow = [[k.replace("_", " "), f"{cal[k]['rate']:.3f}", f"{cal[k]['ci95'][0]:.3f}-{cal[k]['ci95'][1]:.3f}"]
             for k in ("real", "reconstructions", "noise", "smoothed_noise", "upside_down") if k in cal]
@@ -292,9 +297,85 @@ def _faces(run: Path) -> Section:
     return s
 
 
+TRAVERSALS_SHOWN = 12  # traversal figures in the report (best-read attributes first); all are in RUN/attributes/
+
+
+def _attributes(run: Path) -> Section | None:
+    """What the components carry; None (no section) where the run has no labels."""
+    aj = _stage_json(run, "attributes")
+    s = Section("What do the components carry?",
+                "Attribute labels against z: linear readouts, the dominant components against random sets of as many "
+                "others, directions, and decoded traversals judged by a classifier trained on the real images.")
+    if aj is None:
+        s.missing.append(STAGES["attributes"].command(run))
+        return s
+    if "no_labels" in aj:
+        return None
+    per, d = aj["attributes"], run / "attributes"
+    rows = []
+    for a, r in per.items():
+        ro, dt, jd = r["readout"], r["dominant"], r.get("judged")
+        rows.append([a, str(ro["n_pos"]), f"{ro['auc']:.3f}", f"{ro['ci95'][0]:.3f}-{ro['ci95'][1]:.3f}",
+                     "-" if dt is None else f"{dt['auc_dominant']:.3f}",
+                     "-" if dt is None else f"{dt['random_median']:.3f} / {dt['random_p95']:.3f}",
+                     "-" if dt is None else ("yes" if dt["carries"] else "no"),
+                     f"{r['directions']['angle_between']:.0f}",
+                     "-" if jd is None else f"{jd['slope_per_step']:+.3f}{' *' if jd['changes'] else ''}"])
+    s.tables.append((f"{len(per)} attributes on {aj['train_rows']:,} train latents ({aj['labels'].get('source', '')}). "
+                     f"Rule: {aj['rule']}. Angle: between the logistic and the class-mean direction, degrees. Judged "
+                     f"slope: the classifier's rate per step along the direction (* changes, by the rule).",
+                     ["attribute", "positives", "AUC", "95% CI", "dominant AUC", "random median / p95", "carries",
+                      "angle", "judged slope"], rows))
+    if aj.get("skipped"):
+        s.intro += " Skipped: " + "; ".join(f"{k} ({v})" for k, v in aj["skipped"].items()) + "."
+    cl = aj.get("classifier")
+    if cl:
+        s.tables.append((f"The attribute classifier on {cl['rows']:,} held-out images (a judge counts where its AUC "
+                         f"is at least 0.85).", ["attribute", "test AUC", "95% CI", "judge"],
+                         [[a, f"{v['auc']:.3f}", f"{v['ci95'][0]:.3f}-{v['ci95'][1]:.3f}",
+                           "yes" if a in cl["judges"] else "no"] for a, v in cl["test_auc"].items()]))
+    s.figures += [Figure(d / "heatmap.png", "Which components carry what",
+                         f"Point-biserial correlation of each component with each of the {len(per)} attributes; "
+                         f"components ordered by dominance, the {len(aj['dominant'])} dominant ones in red.", wide=True),
+                  Figure(d / "auc.png", "Readouts against random component sets",
+                         f"The dominant components carry {len(aj['carried_by_dominant'])} of {len(per)}: "
+                         f"{', '.join(aj['carried_by_dominant']) or 'none'}.", wide=True)]
+    if "judged.png" in aj.get("figures", []):
+        s.figures.append(Figure(d / "judged.png", "Does moving along a direction change what the classifier sees?",
+                                f"Changes, by the rule, for {len(aj['judged_changes'])} attributes: "
+                                f"{', '.join(aj['judged_changes']) or 'none'}.", wide=True))
+    for a in sorted(per, key=lambda a: -per[a]["readout"]["auc"])[:TRAVERSALS_SHOWN]:
+        s.figures.append(Figure(d / per[a]["traversal_figure"], f"Traversal: {a}",
+                                f"From the centre (top row) and held-out test latents, steps of class-mean separations "
+                                f"({per[a]['directions']['mean_difference']['separation']:.2f}) along the class-mean "
+                                f"direction. Readout AUC {per[a]['readout']['auc']:.3f}."))
+    return s
+
+
 def _sections(run: Path) -> list[Section]:
     st = _stage_json(run, "stats")
-    return [_training(run), _region(run, st), _shape(run, st), _fragmented(run), _faces(run)]
+    found = [_training(run), _region(run, st), _shape(run, st), _fragmented(run), _faces(run), _attributes(run)]
+    return [x for x in found if x is not None]
+
+
+def _finding_attributes(aj: dict | None) -> str | None:
+    if aj is None or "no_labels" in aj or not aj["attributes"]:
+        return None
+    per = aj["attributes"]
+    best = sorted(per, key=lambda a: -per[a]["readout"]["auc"])[:3]
+    parts = [f"{len(aj['linear'])} of {len(per)} attributes are linear in z (AUC interval above {aj['linear_auc']}); "
+             f"best read: " + ", ".join(f"{a} {per[a]['readout']['auc']:.2f}" for a in best) + "."]
+    carried = aj["carried_by_dominant"]
+    tested = [a for a in per if per[a]["dominant"]]
+    if tested:
+        parts.append(f"The {len(aj['dominant'])} dominant components carry {len(carried)} of {len(tested)} attributes "
+                     f"more than random sets of as many others" + (f" ({', '.join(carried)})" if carried else "") + ".")
+    if aj.get("classifier"):
+        judged = [a for a in per if per[a].get("judged")]
+        parts.append(f"Moving along the direction changes the classifier's verdict for {len(aj['judged_changes'])} "
+                     f"of {len(judged)} judged attributes" +
+                     (f" ({', '.join(aj['judged_changes'])})" if aj["judged_changes"] else "") + ".")
+    return " ".join(parts)
 
 
 PLANE_SAME = 0.05  # plane views whose empty-cell shares are this close to the null's look like the null
@@ -361,6 +442,8 @@ def _finding_fragmented(sj: dict | None, tj: dict | None) -> str | None:
 
 def _finding_faces(fj: dict | None, cj: dict | None) -> str | None:
     parts = [fj["verdict"]["sentence"]] if fj is not None else []
+    if fj is not None and (fj["verdict"].get("quality") or {}).get("changes") is not None:
+        parts.append(fj["verdict"]["quality"]["sentence"])
     if fj is not None:
         at1 = {k: next((s for s in v if abs(s["r"] - 1) < 1e-9), None) for k, v in fj["sweep"].items()}
         if at1.get("sweep_axes") and at1.get("sweep_random"):
@@ -385,7 +468,8 @@ def _findings(run: Path) -> list[tuple[str, str, str]]:
     fj, cj = _stage_json(run, "facemap"), _stage_json(run, "compare")
     found = [("What region?", _finding_region(st), "q2"), ("What shape?", _finding_shape(st), "q3"),
              ("Fragmented or not?", _finding_fragmented(sj, tj), "q4"),
-             ("Which z-points are faces?", _finding_faces(fj, cj), "q5")]
+             ("Which z-points are faces?", _finding_faces(fj, cj), "q5"),
+             ("What do the components carry?", _finding_attributes(_stage_json(run, "attributes")), "q6")]
     return [(q, a, anchor) for q, a, anchor in found if a]
 
 
