@@ -637,3 +637,21 @@ def test_a_source_subset_keeps_its_labels_aligned(labelled_root):
     src = open_source(root, limit=7)
     np.testing.assert_array_equal(src.attributes, expected_for(src.ids, table))
     assert src.without_labels().attributes is None and src.attributes is not None
+
+
+def test_the_real_celeba_subset_matches_the_shared_csv(tmp_path):
+    """200 real CelebA images (../shared/data) labelled from attr_male_attractive.csv (all 202,599 rows)."""
+    csv_path = CELEBA_SUBSET / "attr_male_attractive.csv"
+    if not (CELEBA_SUBSET / "img_align_celeba").is_dir() or not csv_path.is_file():
+        pytest.skip(f"real CelebA subset not found at {CELEBA_SUBSET} (../shared/data is absent on a user's clone)")
+    run = tmp_path / "run"
+    attrs = prepare(CELEBA_SUBSET, run, size=32, workers=1, progress=False, limit=200)
+    assert "attributes" not in open_cache(run) or (CELEBA_SUBSET / "list_attr_celeba.txt").is_file()
+    names, values, info = run_labels(run, csv_path)
+    with open(csv_path) as f:
+        table = {r[0]: (int(r[1]), int(r[3])) for r in csv.reader(f) if r[0]}
+    ids = [str(i) for i in open_cache(run)["ids"][:].tolist()]
+    assert names == ["Attractive", "Male"] and len(ids) == attrs["counts"]["images"] == 200
+    np.testing.assert_array_equal(values, np.array([table[i] for i in ids], np.int8))
+    assert info["matched"] == 200 and info["unmatched_ids"] == 0 and info["unused_rows"] == len(table) - 200
+    assert list(info["skipped"]) == ["Partition"]

@@ -14,6 +14,7 @@ Download "Align&Cropped Images" of CelebA and keep the official layout::
       img_align_celeba/000001.jpg ... 202599.jpg   (or img_align_celeba.zip holding that folder)
       list_eval_partition.txt                       (0 train, 1 validation, 2 test)
       identity_CelebA.txt                           (optional, read when present)
+      list_attr_celeba.txt                          (optional: the 40 attributes, stored beside the images)
 
 then ``zspace run celeba/ --run runs/celeba``, or stage by stage::
 
@@ -34,4 +35,10 @@ scaling), which is several times cheaper (``engine.data.sources``).
 
 The synthetic default, ``synthetic:N[:SEED]``: procedural cartoon faces, seeded, no download
 (``engine.data.synthetic``); ``zspace run`` with no SOURCE uses ``synthetic:10000``.
+
+Labels (``engine.data.labels``): prepare stores a CelebA root's ``list_attr_celeba.txt`` (or
+``list_attr_celeba.csv``) and the attributes synthetic:N plants as ``images.zarr/attributes``,
+int8 (N, A), 1/0 and -1 for an image without a label row. ``run_labels(RUN, FILE)`` reads
+any other label file (the official format or a CSV with a file-name column) and matches
+its rows to the run's images by file name.
 """
