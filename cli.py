@@ -117,7 +117,7 @@ def cmd_run(args) -> None:
 
     res = run(args.run, source=args.source, quick=args.quick, device=args.device, progress=not args.quiet,
               until=args.until, nproc=args.nproc, dask=args.dask, epochs=args.epochs, size=args.size, z_dim=args.z_dim, batch_size=args.batch_size,
-              k=args.k, tsne_n=args.tsne_n, compare_n=args.compare_n, facemap_n=args.facemap_n, seed=args.seed)
+              k=args.k, tsne_n=args.tsne_n, attrs=args.attrs, compare_n=args.compare_n, facemap_n=args.facemap_n, seed=args.seed)
     print(f"\nzspace run --run {args.run}")
     for stage, secs in res["seconds"].items():
         print(f"  {stage:<10} {secs if isinstance(secs, str) else f'{secs:8.1f} s'}")
@@ -449,6 +449,9 @@ def _run_verbs(verb, sub) -> None:
     sp.add_argument("--batch-size", type=_positive_int, default=None, help="training batch (default 64)")
     sp.add_argument("--k", type=_positive_int, default=None, help="neighbours per point in structure (default 16)")
     sp.add_argument("--tsne-n", type=_positive_int, default=None, help="points in the t-SNE map (study 20,000, quick 3,000)")
+    sp.add_argument("--attrs", metavar="FILE", default=None,
+                    help="attribute labels for the attributes stage: CelebA's list_attr_celeba.txt or a CSV with a "
+                         "file-name column (default: those prepare found in the CelebA root)")
     sp.add_argument("--compare-n", type=_positive_int, default=None, help="z-points per sampler (study 1,000, quick 300)")
     sp.add_argument("--facemap-n", type=_positive_int, default=None,
                     help="z-points per face-map probe family (study 4,000, quick 400)")

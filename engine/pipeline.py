@@ -1,6 +1,6 @@
 """``zspace run``: every stage in order, each skipped when it finished with the same inputs.
 
-Stages: prepare -> train -> encode -> stats -> structure -> tsne -> compare -> facemap -> report.
+Stages: prepare -> train -> encode -> stats -> structure -> tsne -> attributes -> compare -> facemap -> report.
 
 Each stage has a key: the hash of its own options and the key of the stage before
 it, so a changed option changes that stage's key and every later one. After a
@@ -66,6 +66,7 @@ class Profile:
     k: int = StructureConfig.k
     tsne_n: int = TSNEConfig.n
     attributes_n: int = AttributesConfig.n
+    attrs: str | None = None  # a label file for the attributes stage (default: the labels prepare kept)
     compare_n: int = CompareConfig.n
     facemap_n: int = FacemapConfig.n
     seed: int = 0
@@ -99,11 +100,19 @@ def stage_options(p: Profile) -> dict[str, dict]:
         "stats": {},
         "structure": {"k": p.k, "seed": p.seed},
         "tsne": {"n": p.tsne_n, "seed": p.seed},
-        "attributes": {"n": p.attributes_n, "seed": p.seed},
+        "attributes": {"n": p.attributes_n, "seed": p.seed, **({"attrs": _file_key(p.attrs)} if p.attrs else {})},
         "compare": {"n": p.compare_n, "seed": p.seed},
         "facemap": {"n": p.facemap_n, "seed": p.seed},
         "report": {},
     }
+
+
+def _file_key(path: str) -> dict:
+    """A label file in a stage's key: its resolved path and its content's hash (an edited file reruns the stage)."""
+    f = Path(path)
+    if not f.is_file():
+        raise FileNotFoundError(f"--attrs {path}: no such file (CelebA's list_attr_celeba.txt or a CSV of labels)")
+    return {"path": str(f.resolve()), "sha256": hashlib.sha256(f.read_bytes()).hexdigest()[:16]}
 
 
 def stage_keys(p: Profile) -> dict[str, str]:
@@ -154,7 +163,8 @@ def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, prog
     if name == "tsne":
         return compute_tsne(run, TSNEConfig(n=p.tsne_n, seed=p.seed), progress=progress, cluster=cluster)
     if name == "attributes":
-        return attributes(run, config=AttributesConfig(n=p.attributes_n, seed=p.seed, device=device), progress=progress)
+        return attributes(run, attrs=p.attrs, config=AttributesConfig(n=p.attributes_n, seed=p.seed, device=device),
+                          progress=progress)
     if name == "compare":
         return compare(run, n=p.compare_n, seed=p.seed, device=device, progress=progress)
     if name == "facemap":
@@ -187,14 +197,14 @@ def run(
     ``dask``: ``--dask`` ADDRESS or local:N for stats, structure and tsne (started only if one of them runs).
 
     ``overrides``: any :class:`Profile` field (epochs, size, z_dim, batch_size, k,
-    tsne_n, compare_n, facemap_n, seed); None keeps the profile's value.
+    tsne_n, attributes_n, attrs, compare_n, facemap_n, seed); None keeps the profile's value.
     """
     if until is not None and until not in STAGES:
         raise ValueError(f"until must be one of {STAGES}, got {until!r}")
     p = profile_for(quick, source=source, **overrides)
     run = Path(run_dir)
+    keys = stage_keys(p)  # before anything is written: a missing --attrs file is named first
     run.mkdir(parents=True, exist_ok=True)
-    keys = stage_keys(p)
     options = stage_options(p)
     state = _load_state(run)
     done = state.setdefault("stages", {})

@@ -9,7 +9,9 @@ Writes ``RUN/attributes/``:
   readout.csv       attribute, positives, negatives, AUC, interval, dominant AUC, random median/p95, p
   correlation.npy   float32 (A, D) point-biserial correlations, columns in component order
   heatmap.png, auc.png, judged.png, traversal_<name>.png
-  classifier.pt     the attribute classifier (tensors and plain values: read with weights_only)
+  classifier.pt     the attribute classifier (tensors and plain values: read with weights_only), with the
+                    fingerprint of the image cache it was trained on
+  reference_features.npz  its features of real test images: the quality judge's reference for compare, facemap
 
 Rows: the train split's labelled latents (a seeded sample of ``n``) for readouts and directions; held-out
 test latents for traversals and the classifier's reference. Where the run has no labels the stage writes
@@ -40,9 +42,10 @@ from engine.attributes.readout import CARRIES_RULE, directions, dominant_test, f
 from engine.data.imagecache import open_cache
 from engine.data.labels import LabelsError, run_labels, usable
 from engine.data.sources import TEST, TRAIN, VALIDATION
-from engine.files import write_json_atomic, write_text_atomic
+from engine.files import file_sha256, write_json_atomic, write_text_atomic
 from engine.generation.generate import decode_with, load_model, load_z
 from engine.generation.judge import wilson_interval
+from engine.generation.quality import REFERENCE_FILE, reference_rows, save_reference
 from engine.latents.store import latents_key, open_latents
 from engine.layout import cache_path
 from engine.model.classifier import ClassifierConfig, judges, train_classifier
@@ -205,7 +208,14 @@ def _judge(run: Path, names, values, split, cfg: AttributesConfig, progress: boo
         val = train[::10]
     fitted = train_classifier(images, values, train, val, list(names),
                               ClassifierConfig(seed=cfg.seed, device=cfg.device), progress=progress)
-    fitted.save(run / "attributes" / "classifier.pt")
+    fitted.cache_fingerprint = cache.attrs.get("fingerprint")
+    path = run / "attributes" / "classifier.pt"
+    fitted.save(path)
+    # the quality judge's reference, once: compare and facemap read it instead of computing it each
+    ref = reference_rows(cache["split"][:], cfg.seed)
+    save_reference(path.parent / REFERENCE_FILE, ref,
+                   fitted.features(images.get_orthogonal_selection((ref, slice(None), slice(None), slice(None)))),
+                   file_sha256(path))
     eval_rows = test if len(test) else val
     auc = fitted.auc(images.get_orthogonal_selection((eval_rows, slice(None), slice(None), slice(None))),
                      values[eval_rows])

@@ -28,12 +28,15 @@ distances at equal n (and the same F) compare fairly, so every result carries ``
 
 from __future__ import annotations
 
+import io
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from engine.data.imagecache import open_cache
 from engine.data.sources import TEST
+from engine.files import file_sha256, write_bytes_atomic
 from engine.model.classifier import FittedClassifier
 
 
@@ -121,12 +124,45 @@ def frechet_interval(a, b, n_boot: int = 200, seed: int = 0) -> dict:
 
 
 REFERENCE_ROWS = 2000  # real test images whose classifier features are the reference set
+REFERENCE_FILE = "reference_features.npz"  # beside classifier.pt: rows, features, the classifier's sha256
+
+logger = logging.getLogger(__name__)
+
+
+def reference_rows(split: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Sorted rows of the reference set: a seeded sample of ``REFERENCE_ROWS`` test-split rows (every row when the
+    cache has fewer than two test rows)."""
+    rows = np.flatnonzero(split == TEST)
+    rows = rows if len(rows) >= 2 else np.arange(len(split))
+    return np.sort(np.random.default_rng(seed).permutation(rows)[:REFERENCE_ROWS])
+
+
+def save_reference(path: Path, rows: np.ndarray, features: np.ndarray, classifier_sha256: str) -> None:
+    """The reference features, written once by ``zspace attributes`` so compare and facemap read them."""
+    buf = io.BytesIO()
+    np.savez(buf, rows=np.asarray(rows, np.int64), features=np.asarray(features, np.float32),
+             classifier_sha256=np.array(classifier_sha256))
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def _stored_reference(path: Path, rows: np.ndarray, classifier_sha256: str) -> np.ndarray | None:
+    """The stored features when they are of these rows and of this classifier, else None."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["classifier_sha256"]) == classifier_sha256 and np.array_equal(f["rows"], rows):
+                return f["features"]
+    except (OSError, ValueError, KeyError) as exc:
+        logger.warning("%s is unreadable (%s): the reference features are computed again", path, exc)
+    return None
 
 
 class QualityJudge:
     """The run's attribute classifier as a quality judge: Fréchet distance of decoded images' penultimate-layer
     features to those of real held-out images. ``for_run`` gives None where no classifier was trained
-    (``zspace attributes`` trains it), so compare and facemap report the face rate alone."""
+    (``zspace attributes`` trains it) or where it was trained on another image cache, so compare and facemap
+    report the face rate alone."""
 
     def __init__(self, classifier, reference: np.ndarray, n_boot: int = 200, seed: int = 0):
         self.classifier = classifier
@@ -140,12 +176,17 @@ class QualityJudge:
             return None
         classifier = FittedClassifier.load(path, device)
         cache = open_cache(run_dir)
-        split = cache["split"][:]
-        rows = np.flatnonzero(split == TEST)
-        rows = rows if len(rows) >= 2 else np.arange(len(split))
-        rows = np.sort(np.random.default_rng(seed).permutation(rows)[:REFERENCE_ROWS])
-        images = cache["images"].get_orthogonal_selection((rows, slice(None), slice(None), slice(None)))
-        return cls(classifier, classifier.features(images), seed=seed)
+        now = cache.attrs.get("fingerprint")
+        if classifier.cache_fingerprint is not None and classifier.cache_fingerprint != now:
+            logger.warning("%s was trained on another image cache (prepared again since): no quality judge; "
+                           "'zspace attributes --run %s' trains it on this one", path, run_dir)
+            return None
+        rows = reference_rows(cache["split"][:], seed)
+        reference = _stored_reference(path.parent / REFERENCE_FILE, rows, file_sha256(path))
+        if reference is None:
+            images = cache["images"].get_orthogonal_selection((rows, slice(None), slice(None), slice(None)))
+            reference = classifier.features(images)
+        return cls(classifier, reference, seed=seed)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         return self.classifier.features(images)

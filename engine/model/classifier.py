@@ -225,7 +225,9 @@ class FittedClassifier:
 
     ``names``: the A attribute names, in logit order; ``config``: the ``ClassifierConfig``; ``val_auc``: name
     -> ROC AUC on the validation rows at the kept epoch (attributes without both classes there left out);
-    ``size``: the image side S it takes; ``epoch``: the kept epoch; ``history``: one dict per epoch run.
+    ``size``: the image side S it takes; ``epoch``: the kept epoch; ``history``: one dict per epoch run;
+    ``cache_fingerprint``: the fingerprint of the image cache it was trained on (None when trained on arrays), so
+    a reader can tell a classifier of an earlier cache (``prepare --overwrite``) from the current one.
     """
 
     model: AttributeClassifier
@@ -235,6 +237,7 @@ class FittedClassifier:
     size: int = 0
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    cache_fingerprint: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -298,7 +301,8 @@ class FittedClassifier:
         save_checkpoint({"kind": CHECKPOINT_KIND, "model": state, "config": self.config.to_dict(),
                          "epoch": int(self.epoch), "names": [str(n) for n in self.names], "size": int(self.size),
                          "val_auc": {str(k): float(v) for k, v in self.val_auc.items()},
-                         "history": [dict(h) for h in self.history]}, path)
+                         "history": [dict(h) for h in self.history],
+                         **({"cache_fingerprint": str(self.cache_fingerprint)} if self.cache_fingerprint else {})}, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "auto") -> "FittedClassifier":
@@ -318,7 +322,7 @@ class FittedClassifier:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return cls(model.eval(), list(ckpt["names"]), cfg, dict(ckpt["val_auc"]), int(ckpt["size"]),
-                   int(ckpt["epoch"]), list(ckpt.get("history", [])))
+                   int(ckpt["epoch"]), list(ckpt.get("history", [])), ckpt.get("cache_fingerprint"))
 
 
 def _held_out(train: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
