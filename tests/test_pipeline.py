@@ -80,3 +80,16 @@ def test_skip_rerun_and_resume(tmp_path, caplog, monkeypatch):
 def test_run_rejects_unknown_stage(tmp_path):
     with pytest.raises(ValueError, match="until must be one of"):
         run(tmp_path, until="plot")
+
+
+def test_an_attrs_file_keys_the_attributes_stage_and_a_missing_one_is_named_before_any_write(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text(",Smiling\n000001.jpg,1\n")
+    base, named = stage_keys(profile_for()), stage_keys(profile_for(attrs=str(labels)))
+    changed = [s for s in STAGES if base[s] != named[s]]
+    assert changed == list(STAGES[STAGES.index("attributes"):]), changed
+    labels.write_text(",Smiling\n000001.jpg,0\n")  # the same file, edited: the stage runs again
+    assert stage_keys(profile_for(attrs=str(labels)))["attributes"] != named["attributes"]
+    with pytest.raises(FileNotFoundError, match="--attrs .*nowhere.csv: no such file"):
+        run(tmp_path / "run", attrs=str(tmp_path / "nowhere.csv"), **TINY)
+    assert not (tmp_path / "run").exists()
