@@ -19,14 +19,24 @@ from engine.analysis.config import TSNE_AFFINITIES, StatsConfig, StructureConfig
 from engine.attributes.config import AttributesConfig
 from engine.data.config import PrepareConfig
 from engine.files import run_lock
-from engine.generation.config import SAMPLERS, CompareConfig, FacemapConfig, GenerateConfig, PathsConfig
-from engine.model.config import LOSSES, RANK_TIMEOUT_S, EncodeConfig, ModelConfig, RankFailed, TrainConfig
+from engine.generation.config import ALL_SAMPLERS, SAMPLERS, CompareConfig, FacemapConfig, GenerateConfig, PathsConfig
+from engine.model.config import FAMILIES, LOSSES, RANK_TIMEOUT_S, EncodeConfig, ModelConfig, RankFailed, TrainConfig
 from engine.stages import STAGE_NAMES, STAGES
 
 RANKED = ("train", "encode")  # the verbs that run on several ranks (--nproc, torchrun)
 # verbs that write RUN: one process at a time per run directory
 WRITERS = {"prepare", "train", "encode", "import-latents", "stats", "structure", "tsne", "attributes", "generate",
            "paths", "compare", "facemap", "report", "run"}
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -75,15 +85,30 @@ def _on_ranks(verb: str, call: dict, args):
     return launch(verb, call, args.nproc, quiet=args.quiet)
 
 
+def _family_args(sp) -> None:
+    """--model, --beta, --z-reg, --decoder-l2: the model family and its latent terms (train and run)."""
+    sp.add_argument("--model", choices=FAMILIES, default=None,
+                    help="model family: ae (the study's plain autoencoder, default), vae (variational), rae "
+                         "(regularised, Ghosh et al. 2020); one encoder/decoder architecture")
+    sp.add_argument("--beta", type=_non_negative, default=TrainConfig.beta,
+                    help=f"vae: weight of the KL term (default {TrainConfig.beta:g}: the ELBO)")
+    sp.add_argument("--z-reg", type=_non_negative, default=TrainConfig.z_reg,
+                    help=f"rae: weight of |z|^2/2 (default {TrainConfig.z_reg:g})")
+    sp.add_argument("--decoder-l2", type=_non_negative, default=TrainConfig.decoder_l2,
+                    help=f"rae: L2 penalty on the decoder's weights (default {TrainConfig.decoder_l2:g})")
+
+
 def cmd_train(args) -> dict:
     from engine.data.imagecache import open_cache
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
-                      precision=args.precision, device=args.device, seed=args.seed)
+                      precision=args.precision, device=args.device, seed=args.seed, beta=args.beta, z_reg=args.z_reg,
+                      decoder_l2=args.decoder_l2)
     model_cfg = None
-    if args.z_dim is not None or args.widths is not None or not args.resume:
+    if args.z_dim is not None or args.widths is not None or args.model is not None or not args.resume:
         size = int(open_cache(args.run).attrs["size"])
-        model_cfg = ModelConfig(size=size, z_dim=args.z_dim or ModelConfig.z_dim, widths=args.widths or ModelConfig().widths)
+        model_cfg = ModelConfig(family=args.model or ModelConfig.family, size=size, z_dim=args.z_dim or ModelConfig.z_dim,
+                                widths=args.widths or ModelConfig().widths)
     kwargs = {"resume": args.resume, "overwrite": args.overwrite, "progress": not args.quiet,
               "rank_timeout": args.rank_timeout}
     if args.nproc > 1:
@@ -116,6 +141,7 @@ def cmd_run(args) -> None:
     from engine.pipeline import run
 
     res = run(args.run, source=args.source, quick=args.quick, device=args.device, progress=not args.quiet,
+              model=args.model, beta=args.beta, z_reg=args.z_reg,
               until=args.until, nproc=args.nproc, dask=args.dask, epochs=args.epochs, size=args.size, z_dim=args.z_dim, batch_size=args.batch_size,
               k=args.k, tsne_n=args.tsne_n, attrs=args.attrs, compare_n=args.compare_n, facemap_n=args.facemap_n, seed=args.seed)
     print(f"\nzspace run --run {args.run}")
@@ -322,6 +348,7 @@ def _data_and_model_verbs(verb) -> None:
     sp.add_argument("--lr", type=float, default=TrainConfig.lr, help=f"Adam learning rate (default {TrainConfig.lr:g})")
     sp.add_argument("--z-dim", type=_positive_int, default=None, help=f"latent dimension (default {ModelConfig.z_dim})")
     sp.add_argument("--widths", type=_widths, default=None, help=f"conv channels of the 4 encoder layers (default {','.join(map(str, ModelConfig().widths))})")
+    _family_args(sp)
     sp.add_argument("--loss", choices=LOSSES, default=TrainConfig.loss)
     sp.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=TrainConfig.precision,
                     help="auto: bf16 (or fp16 + GradScaler) autocast on CUDA, fp32 on CPU")
@@ -391,7 +418,7 @@ def _analysis_verbs(verb) -> None:
 def _generation_verbs(verb, sub) -> None:
     sp = verb("generate", cmd_generate, "draw z-points from a sampler fitted to the cloud and decode them -> RUN/generate/NAME/")
     sp.add_argument("--sampler", required=True,
-                    choices=SAMPLERS)
+                    choices=ALL_SAMPLERS)
     sp.add_argument("--n", type=_positive_int, default=GenerateConfig.n, help=f"z-points to draw (default {GenerateConfig.n})")
     sp.add_argument("--seed", type=int, default=GenerateConfig.seed)
     sp.add_argument("--device", default=GenerateConfig.device)
@@ -444,6 +471,9 @@ def _run_verbs(verb, sub) -> None:
     sp.add_argument("--quick", action="store_true", help="small profile: every figure in a few minutes on a laptop CPU")
     sp.add_argument("--until", choices=STAGE_NAMES, default=None, help="stop after this stage")
     sp.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (study 24, quick 4)")
+    sp.add_argument("--model", choices=FAMILIES, default=None, help="model family: ae (default), vae or rae")
+    sp.add_argument("--beta", type=_non_negative, default=None, help=f"vae: KL weight (default {TrainConfig.beta:g})")
+    sp.add_argument("--z-reg", type=_non_negative, default=None, help=f"rae: |z|^2/2 weight (default {TrainConfig.z_reg:g})")
     sp.add_argument("--size", type=_positive_int, default=None, help="image side, multiple of 16 (default 96)")
     sp.add_argument("--z-dim", type=_positive_int, default=None, help=f"latent dimension (default {ModelConfig.z_dim})")
     sp.add_argument("--batch-size", type=_positive_int, default=None, help="training batch (default 64)")

@@ -358,7 +358,7 @@ def stage_encode(ctx) -> list[Row]:
         loader = DataLoader(_PILDataset(files, size), batch_size=batch, shuffle=False, num_workers=ctx["cores"])
         zs, errs = [], []
         for x in loader:
-            logits, z = model(x)
+            logits, z, _ = model(x)
             zs.append(z.numpy())
             errs.append(((torch.sigmoid(logits) - x) ** 2).flatten(1).mean(1).numpy())
         out["z"], out["err"] = np.concatenate(zs), np.concatenate(errs)

@@ -60,6 +60,9 @@ class Profile:
 
     source: str = DEFAULT_SOURCE  # built-in synthetic faces: no download on a fresh machine
     size: int = ModelConfig.size
+    model: str = ModelConfig.family  # ae | vae | rae
+    beta: float = TrainConfig.beta  # vae
+    z_reg: float = TrainConfig.z_reg  # rae
     z_dim: int = ModelConfig.z_dim
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size
@@ -95,7 +98,8 @@ def stage_options(p: Profile) -> dict[str, dict]:
     """The options each stage's result depends on (the device is not one of them)."""
     return {
         "prepare": {"source": p.source, "size": p.size},
-        "train": {"epochs": p.epochs, "batch_size": p.batch_size, "z_dim": p.z_dim, "seed": p.seed},
+        "train": {"epochs": p.epochs, "batch_size": p.batch_size, "z_dim": p.z_dim, "seed": p.seed,
+                  **_family_options(p)},
         "encode": {},
         "stats": {},
         "structure": {"k": p.k, "seed": p.seed},
@@ -105,6 +109,11 @@ def stage_options(p: Profile) -> dict[str, dict]:
         "facemap": {"n": p.facemap_n, "seed": p.seed},
         "report": {},
     }
+
+
+def _family_options(p: Profile) -> dict:
+    """The model family's options in the train stage's key; none for the plain ae, whose keys stay as they were."""
+    return {"ae": {}, "vae": {"model": "vae", "beta": p.beta}, "rae": {"model": "rae", "z_reg": p.z_reg}}[p.model]
 
 
 def _file_key(path: str) -> dict:
@@ -145,8 +154,9 @@ def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, prog
     if name == "prepare":
         return prepare(p.source, run, size=p.size, overwrite=fresh, progress=progress)
     if name == "train":
-        cfg = TrainConfig(epochs=p.epochs, batch_size=p.batch_size, device=device, seed=p.seed)
-        mcfg, kwargs = ModelConfig(size=p.size, z_dim=p.z_dim), {"resume": not fresh, "overwrite": fresh}
+        cfg = TrainConfig(epochs=p.epochs, batch_size=p.batch_size, device=device, seed=p.seed, beta=p.beta, z_reg=p.z_reg)
+        mcfg = ModelConfig(family=p.model, size=p.size, z_dim=p.z_dim)
+        kwargs = {"resume": not fresh, "overwrite": fresh}
         if nproc > 1:
             return launch("train", train_call(cfg, mcfg, run_dir=str(run), progress=progress, **kwargs), nproc,
                           quiet=not progress)
@@ -196,7 +206,7 @@ def run(
     ``nproc``: ranks of train and encode (torchrun on this machine; not part of a stage's key).
     ``dask``: ``--dask`` ADDRESS or local:N for stats, structure and tsne (started only if one of them runs).
 
-    ``overrides``: any :class:`Profile` field (epochs, size, z_dim, batch_size, k,
+    ``overrides``: any :class:`Profile` field (model, beta, z_reg, epochs, size, z_dim, batch_size, k,
     tsne_n, attributes_n, attrs, compare_n, facemap_n, seed); None keeps the profile's value.
     """
     if until is not None and until not in STAGES:

@@ -18,8 +18,8 @@ def test_shapes_follow_the_study():
     assert len(deconvs) == 4 and all(c.stride == (2, 2) for c in deconvs)
     x = torch.rand(2, 3, 96, 96)
     assert model.encoder_conv(x).shape == (2, 64, 6, 6)
-    logits, z = model(x)
-    assert z.shape == (2, 256) and logits.shape == x.shape
+    logits, z, term = model(x)
+    assert z.shape == (2, 256) and logits.shape == x.shape and term is None
     img = model.decode(z)
     assert img.min() >= 0 and img.max() <= 1
 
@@ -27,7 +27,7 @@ def test_shapes_follow_the_study():
 @pytest.mark.parametrize("size,z_dim", [(32, 8), (64, 32)])
 def test_other_sizes(size, z_dim):
     model = Autoencoder(ModelConfig(size=size, z_dim=z_dim, widths=(4, 8, 8, 16)))
-    logits, z = model(torch.rand(3, 3, size, size))
+    logits, z, _ = model(torch.rand(3, 3, size, size))
     assert logits.shape == (3, 3, size, size) and z.shape == (3, z_dim)
 
 

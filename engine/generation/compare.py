@@ -46,6 +46,7 @@ from engine.deps import face_detector
 from engine.generation.quality import QualityJudge
 from engine.generation.judge import DEFAULT, calibration, detect, sharpness, wilson_interval
 from engine.generation.paths import trace_paths
+from engine.generation.config import ALL_SAMPLERS, PRIOR
 from engine.generation.sampling import SAMPLERS, Sampler, SamplerConfig
 from engine.latents.store import open_latents
 
@@ -162,14 +163,17 @@ def draw_compare(path: Path, result: dict) -> None:
 
 
 def compare(run_dir: str | os.PathLike, n: int = CompareConfig.n, seed: int = CompareConfig.seed,
-            samplers: tuple[str, ...] = SAMPLERS, config: SamplerConfig | None = None,
+            samplers: tuple[str, ...] | None = None, config: SamplerConfig | None = None,
             device: str = CompareConfig.device, progress: bool = True) -> dict:
-    """Run every sampler and path family on ``run_dir``; write and return compare.json's content."""
+    """Run every sampler and path family on ``run_dir``; write and return compare.json's content.
+
+    ``samplers``: default ``SAMPLERS``, and ``prior`` (N(0, I)) too where the run's model is a vae.
+    """
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
-    bad = [s for s in samplers if s not in SAMPLERS]
+    bad = [s for s in samplers or () if s not in ALL_SAMPLERS]
     if bad:
-        raise ValueError(f"unknown samplers {bad}; choose from {SAMPLERS}")
+        raise ValueError(f"unknown samplers {bad}; choose from {ALL_SAMPLERS}")
     face_detector()  # the judge's OpenCV checked before any decoding: one line what to install
     t0 = time.perf_counter()
     run = Path(run_dir)
@@ -178,6 +182,8 @@ def compare(run_dir: str | os.PathLike, n: int = CompareConfig.n, seed: int = Co
     group = open_latents(run)
     train_rows = training_rows(group, len(z))
     model, dev, prec = load_model(run, device=device)
+    if samplers is None:
+        samplers = SAMPLERS + ((PRIOR,) if model.config.family == "vae" else ())
     ref = Reference(z, train_rows, model, dev, prec, seed)
     quality = QualityJudge.for_run(run, device=device, seed=seed)  # None until 'zspace attributes' trained one
 

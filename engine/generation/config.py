@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SAMPLERS = ("uniform", "box", "gauss", "mvn", "mvn-core", "gmm", "origin", "data")
+SAMPLERS = ("uniform", "box", "gauss", "mvn", "mvn-core", "gmm", "origin", "data")  # compare's, for every model
+PRIOR = "prior"  # z ~ N(0, I): a vae's own sampler, which compare adds for a vae (any run may ask for it)
+ALL_SAMPLERS = SAMPLERS + (PRIOR,)
 
 
 @dataclass

@@ -12,6 +12,7 @@ learns from an (N, D) cloud and returns self (learned attributes end in ``_``),
   gmm       a Gaussian mixture with full covariances (10 components, as in the RAE comparison)
   origin    z = 0, then points on small spheres around it (radii ``origin_radii``)
   data      latents of held-out test images: decoded, they are the reference reconstructions
+  prior     N(0, I), blind to the cloud: the prior a vae is trained toward (compare adds it for a vae)
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import numpy as np
 from scipy import stats as sstats
 
 from engine.analysis.gaussian import GaussianFit
-from engine.generation.config import SAMPLERS, SamplerConfig
+from engine.generation.config import ALL_SAMPLERS, SAMPLERS, SamplerConfig
 
 
 class Sampler:
-    """One of ``SAMPLERS``; see the module docstring."""
+    """One of ``ALL_SAMPLERS``; see the module docstring."""
 
     def __init__(self, name: str, config: SamplerConfig | None = None, seed: int = 0):
-        if name not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+        if name not in ALL_SAMPLERS:
+            raise ValueError(f"sampler must be one of {ALL_SAMPLERS}, got {name!r}")
         self.name = name
         self.config = config or SamplerConfig()
         self.seed = seed
@@ -71,6 +72,8 @@ class Sampler:
             out = rng.uniform(self.mean_ - half, self.mean_ + half, (n, d))
         elif self.name == "gauss":
             out = self.mean_ + rng.standard_normal((n, d)) * self.std_
+        elif self.name == "prior":
+            out = rng.standard_normal((n, d))
         elif self.name == "mvn":
             out = self.normal_.sample(n, rng)
         elif self.name == "mvn-core":

@@ -6,6 +6,18 @@ then a dense layer to ``z_dim``. Decoder: the mirror, a dense layer back to
 ConvTranspose2d to 3 channels with a sigmoid. ``forward`` returns logits so that
 BCE is computed as ``binary_cross_entropy_with_logits``, which stays exact under
 fp16/bf16 autocast; ``decode`` applies the sigmoid.
+
+Families (``ModelConfig.family``), one architecture:
+
+* ``ae``: the study's deterministic autoencoder, z = to_z(h).
+* ``vae``: a second dense head gives log sigma^2; in training z = mu + sigma * eps
+  (the reparameterisation trick, eps ~ N(0, I)), in eval z = mu. The latent term
+  is KL(N(mu, sigma^2) || N(0, I)) = 1/2 sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2).
+* ``rae`` (Ghosh et al. 2020): deterministic; the latent term is |z|^2 / 2, and the
+  decoder's weights are L2-penalised by the optimizer (``engine.model.train``).
+
+``encode`` gives mu (= z for ae and rae) for every family, so encoding, decoding and
+every analysis stage treat the three alike; ``forward`` gives the latent term too.
 """
 
 from __future__ import annotations
@@ -32,6 +44,8 @@ class Autoencoder(nn.Module):
         self.side = c.size // 16
         flat = c.widths[-1] * self.side * self.side
         self.to_z = nn.Linear(flat, c.z_dim)
+        if c.family == "vae":
+            self.to_logvar = nn.Linear(flat, c.z_dim)
         self.from_z = nn.Linear(c.z_dim, flat)
         dec = []
         rchans = chans[::-1]  # (w4, w3, w2, w1, 3)
@@ -42,8 +56,13 @@ class Autoencoder(nn.Module):
         self.decoder_conv = nn.Sequential(*dec)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.encoder_conv(x)
-        return self.to_z(h.flatten(1))
+        """The latent of each image: z (ae, rae) or the posterior mean mu (vae), (B, z_dim)."""
+        return self.to_z(self.encoder_conv(x).flatten(1))
+
+    def encode_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mu, log sigma^2) of q(z|x) for a vae; (z, None) for the deterministic families."""
+        h = self.encoder_conv(x).flatten(1)
+        return self.to_z(h), (self.to_logvar(h) if self.config.family == "vae" else None)
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         h = self.from_z(z).view(-1, self.config.widths[-1], self.side, self.side)
@@ -53,9 +72,22 @@ class Autoencoder(nn.Module):
         """Images in [0, 1], float (B, 3, S, S)."""
         return torch.sigmoid(self.decode_logits(z))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.encode(x)
-        return self.decode_logits(z), z
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logits (B, 3, S, S), z (B, z_dim), latent term (B,) float32 or None for ae). For a vae in training
+        z is drawn by the reparameterisation trick, in eval it is mu."""
+        mu, logvar = self.encode_stats(x)
+        if self.config.family == "ae":
+            return self.decode_logits(mu), mu, None
+        if self.config.family == "rae":
+            return self.decode_logits(mu), mu, 0.5 * mu.float().pow(2).sum(1)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
+        return self.decode_logits(z), z, kl_normal(mu, logvar)
+
+
+def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) of each row, float32 (B,): 1/2 sum_j (mu^2 + e^logvar - 1 - logvar)."""
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
 
 
 def to_input(batch: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:

@@ -7,8 +7,12 @@ from dataclasses import asdict, dataclass
 from engine.config import config_from_dict
 
 
+FAMILIES = ("ae", "vae", "rae")  # plain autoencoder (the study's), variational, regularised (Ghosh et al. 2020)
+
+
 @dataclass
 class ModelConfig:
+    family: str = "ae"  # ae | vae (encoder also gives a log-variance) | rae; see engine.model.autoencoder
     size: int = 96  # input side in pixels; must be divisible by 16 (four stride-2 layers)
     z_dim: int = 256  # latent dimension, as in the study
     widths: tuple[int, ...] = (32, 64, 64, 64)  # conv channels, encoder order
@@ -17,6 +21,8 @@ class ModelConfig:
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if len(self.widths) != 4:
             raise ValueError(f"widths must have 4 entries (one per conv layer), got {self.widths}")
         if min(self.widths) < 1:
@@ -55,6 +61,12 @@ class TrainConfig:
     grid_images: int = 8  # fixed test images in the reconstruction grid
     log_every: int = 20  # steps between progress-bar loss updates (each costs a device sync)
     channels_last: bool = True  # NHWC activations: faster on CUDA and, measured here, ~25% on CPU too
+    # the latent terms, per image and divided by its 3 S^2 pixel values like the reconstruction term, so that
+    # loss = mean pixel loss + beta * KL / (3 S^2) is the VAE's negative ELBO per pixel at beta 1 (bce)
+    beta: float = 1.0  # vae: weight of KL(q(z|x) || N(0, I))
+    z_reg: float = 1.0  # rae: weight of |z|^2 / 2 (at 1 the same pull as the KL's mean term at beta 1)
+    decoder_l2: float = 1e-4  # rae: L2 penalty decoder_l2 / 2 * |theta|^2 on the decoder's weights (Adam's coupled
+    #                           weight decay on the decoder's parameter group: the penalty's exact gradient)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -65,6 +77,9 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 2 (batch norm), got {self.batch_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("beta", "z_reg", "decoder_l2"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

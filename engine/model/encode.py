@@ -5,6 +5,7 @@ Layout (the latent-store contract, see README "Outputs" and engine.layout):
   ids        (N,) str
   split      int8 (N,)
   recon_mse  float32 (N,)  mean squared error of each image's reconstruction, pixels in [0, 1]
+  logvar     float32 (N, D), a vae's only: log sigma^2 of q(z|x), whose mean is z
   attrs      checkpoint sha256, source and preprocessing, z_dim, resume state
 
 Images are read one chunk-aligned block at a time and written as whole Z
@@ -81,6 +82,9 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
     store.create_array("z", shape=(n, z_dim), chunks=(rows, z_dim), dtype="float32", fill_value=np.nan,
                        config=WRITE_ALL)
     store.create_array("recon_mse", shape=(n,), chunks=(rows,), dtype="float32", fill_value=np.nan, config=WRITE_ALL)
+    if ckpt["config"]["model"].get("family") == "vae":  # the posterior's log-variance beside its mean z
+        store.create_array("logvar", shape=(n, z_dim), chunks=(rows, z_dim), dtype="float32", fill_value=np.nan,
+                           config=WRITE_ALL)
     for name in ("split", "identity"):
         if name in cache:
             src = cache[name][:]
@@ -100,20 +104,25 @@ def _open_store(out: Path, cache, checkpoint: Path, ckpt: dict, sha: str, z_dim:
 
 
 @torch.no_grad()
-def encode_block(model, block: np.ndarray, dev, prec, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Latents float32 (n, D) and per-image reconstruction MSE float32 (n,) of uint8 images (n, S, S, 3)."""
+def encode_block(model, block: np.ndarray, dev, prec, batch_size: int) -> tuple[np.ndarray, ...]:
+    """Latents float32 (n, D) and per-image reconstruction MSE float32 (n,) of uint8 images (n, S, S, 3); for a
+    vae also log sigma^2 float32 (n, D). The latent is mu for a vae (its reconstruction decodes mu)."""
     zs = np.empty((len(block), model.config.z_dim), np.float32)
     mse = np.empty(len(block), np.float32)
+    vae = model.config.family == "vae"
+    logvars = np.empty_like(zs) if vae else None
     for i in range(0, len(block), batch_size):
         # NHWC: 2x faster inference on CPU here, and the fast layout on CUDA
         x = to_input(block[i : i + batch_size], dev, True)
         with prec.autocast():
-            z = model.encode(x)
+            z, logvar = model.encode_stats(x)
             logits = model.decode_logits(z)
         zs[i : i + len(x)] = z.float().cpu().numpy()
+        if vae:
+            logvars[i : i + len(x)] = logvar.float().cpu().numpy()
         err = (torch.sigmoid(logits.float()) - x) ** 2
         mse[i : i + len(x)] = err.flatten(1).mean(1).cpu().numpy()
-    return zs, mse
+    return (zs, mse) if not vae else (zs, mse, logvars)
 
 
 def encode(
@@ -206,6 +215,7 @@ def _encode_chunks(job: _Job, images, store: zarr.Group, progress: bool) -> None
     ranks = job.ranks
     # reopened handles forget write_empty_chunks: give it back, so every chunk lands on disk
     z_arr, mse_arr = store["z"].with_config(WRITE_ALL), store["recon_mse"].with_config(WRITE_ALL)
+    logvar_arr = store["logvar"].with_config(WRITE_ALL) if "logvar" in store else None
     n, rows = z_arr.shape[0], z_arr.chunks[0]
     todo = chunks_to_do(dict(store.attrs), n, rows)
     mine = np.array_split(todo, ranks.world)[ranks.rank]  # contiguous, disjoint row ranges
@@ -221,11 +231,13 @@ def _encode_chunks(job: _Job, images, store: zarr.Group, progress: bool) -> None
         if step < len(mine):
             c = int(mine[step])
             start, stop = c * rows, min((c + 1) * rows, n)
-            zs, mse = encode_block(job.model, images[start:stop], job.dev, job.prec, job.batch_size)
+            zs, mse, *logvar = encode_block(job.model, images[start:stop], job.dev, job.prec, job.batch_size)
             finite = np.isfinite(zs).all(axis=1)
             report = (c, stop - start, None if finite.all() else start + int(np.flatnonzero(~finite)[0]))
             if report[2] is None:
                 z_arr[start:stop], mse_arr[start:stop] = zs, mse
+                if logvar:
+                    logvar_arr[start:stop] = logvar[0]
         reports = [r for r in all_gather(ranks, report) if r is not None]
         bad = [r[2] for r in reports if r[2] is not None]
         if bad:

@@ -85,11 +85,26 @@ def per_image_loss(name: str, logits: torch.Tensor, x: torch.Tensor) -> torch.Te
     return e.flatten(1).mean(1)
 
 
-def train_step(model, opt, scaler, precision, loss: str, x: torch.Tensor) -> torch.Tensor:
-    """One optimisation step on the batch ``x``; returns the (device) loss without syncing."""
-    with precision.autocast():
-        logits, _ = model(x)
+def latent_weight(cfg: TrainConfig, family: str) -> float:
+    """The weight of the model's latent term (KL for vae, |z|^2/2 for rae) in the per-pixel loss; 0 for ae."""
+    return {"ae": 0.0, "vae": cfg.beta, "rae": cfg.z_reg}[family]
+
+
+def objective(loss: str, logits: torch.Tensor, x: torch.Tensor, term: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """Mean pixel loss plus ``weight`` x the batch mean of the per-image latent ``term`` over the 3 S^2 pixel
+    values of an image (the per-image objective divided by its pixel count, as the pixel loss is)."""
     value = loss_fn(loss, logits, x)
+    if term is not None and weight:
+        value = value + weight * term.mean() / x[0].numel()
+    return value
+
+
+def train_step(model, opt, scaler, precision, loss: str, x: torch.Tensor, weight: float = 0.0) -> torch.Tensor:
+    """One optimisation step on the batch ``x``; returns the (device) loss without syncing. ``weight``: that of
+    the model's latent term (``latent_weight``)."""
+    with precision.autocast():
+        logits, _, term = model(x)
+    value = objective(loss, logits, x, term, weight)
     opt.zero_grad(set_to_none=True)
     scaler.scale(value).backward()
     scaler.step(opt)
@@ -106,7 +121,7 @@ def evaluate(model, feed: BatchFeed, cfg: TrainConfig, device, precision, channe
     for batch in feed.epoch(0):
         x = to_input(batch, device, channels_last)
         with precision.autocast():
-            logits, _ = model(x)
+            logits = model(x)[0]
         total[0] += per_image_loss(cfg.loss, logits, x).double().sum()
         total[1] += len(batch)
     total = all_sum(ranks, total)
@@ -119,7 +134,7 @@ def reconstruct(model, images: np.ndarray, device, precision, channels_last) -> 
     model.eval()
     x = to_input(images, device, channels_last)
     with precision.autocast():
-        logits, _ = model(x)
+        logits = model(x)[0]
     out = torch.sigmoid(logits.float()).mul(255).round().clamp(0, 255).to(torch.uint8)
     return out.permute(0, 2, 3, 1).cpu().numpy()
 
@@ -204,13 +219,14 @@ def _train_epoch(model, opt, scaler, precision, feed: BatchFeed, epoch: int, cfg
     """One pass over the train feed: (mean loss, images seen by all ranks, seconds); ``TrainingDiverged`` on a
     non-finite loss (on any rank: every rank sees the sum, so all stop together)."""
     model.train()
+    weight = latent_weight(cfg, unwrap(model).config.family)
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     seen = 0
     bar = tqdm(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
                disable=None if progress else True, leave=False)
     for step, batch in enumerate(bar):
-        loss = train_step(model, opt, scaler, precision, cfg.loss, to_input(batch, device, cfg.channels_last))
+        loss = train_step(model, opt, scaler, precision, cfg.loss, to_input(batch, device, cfg.channels_last), weight)
         # every step on CPU (no sync to pay); at log intervals on CUDA, where .item() stalls the pipeline
         if (device.type != "cuda" or step % cfg.log_every == 0) and not torch.isfinite(all_sum(ranks, loss)).item():
             raise TrainingDiverged(f"training diverged: loss {loss.item()} at epoch {epoch}, step {step + 1}; "
@@ -313,14 +329,20 @@ def _settle_dirs(run: Path, cache, mcfg: ModelConfig, explicit_model: bool, resu
 
 def _build(mcfg: ModelConfig, cfg: TrainConfig, ranks: Ranks, device: torch.device):
     """(the model, Adam on its parameters): the same initial weights on every rank (seeded), batch norm
-    synchronised over ranks when there are several."""
+    synchronised over ranks when there are several; for an rae the decoder's weights L2-penalised."""
     torch.manual_seed(cfg.seed)
     net = Autoencoder(mcfg).to(device)
     if ranks.distributed:
         net = sync_batchnorm(net, device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return net, torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    if mcfg.family != "rae" or not cfg.decoder_l2:
+        return net, torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    # rae: Adam's (coupled) weight decay on the decoder's group adds decoder_l2 * theta to its gradient, the exact
+    # gradient of the penalty decoder_l2 / 2 * |theta|^2 (Ghosh et al.'s RAE-L2)
+    decoder = [p for name, p in net.named_parameters() if name.startswith(("from_z.", "decoder_conv."))]
+    rest = [p for name, p in net.named_parameters() if not name.startswith(("from_z.", "decoder_conv."))]
+    return net, torch.optim.Adam([{"params": rest}, {"params": decoder, "weight_decay": cfg.decoder_l2}], lr=cfg.lr)
 
 
 def _train_prepared(run: Path, cache, cfg: TrainConfig, mcfg: ModelConfig, ckpt: dict | None, progress: bool,
