@@ -162,6 +162,13 @@ def cmd_verify(args) -> int:
     return 0 if res["ok"] else 1
 
 
+def cmd_contrast(args) -> dict:
+    from engine.contrast.page import contrast
+
+    res = contrast(args.runs, args.out)
+    return {"holds": len(res["holds"]), "differs": res["differs"], "page": str(Path(args.out) / "index.html")}
+
+
 def cmd_report(args) -> dict:
     from engine.report.page import write_report
 
@@ -494,6 +501,15 @@ def _run_verbs(verb, sub) -> None:
     sp = verb("report", cmd_report, STAGES["report"].summary)
     sp = verb("verify", cmd_verify, "check every store, checkpoint and output of RUN; say what is damaged and what "
                                     "rebuilds it (exit 1 when something is)")
+
+    sp = sub.add_parser("contrast", help="several runs side by side: what holds in every run, what differs -> "
+                                         "OUT/index.html, contrast.md, contrast.json",
+                        description="the headline numbers of every run side by side, each row judged 'holds' (in "
+                                    "every run) or 'differs' by a rule fixed before the numbers, and the runs' "
+                                    "figures side by side")
+    sp.add_argument("runs", nargs="+", metavar="RUN", help="two or more run directories")
+    sp.add_argument("--out", required=True, metavar="DIR", help="where index.html, contrast.md and contrast.json go")
+    sp.set_defaults(func=cmd_contrast)
 
     sp = sub.add_parser("bench", help="time every stage against its baseline -> bench/results.json, RESULTS.md",
                         description="time every stage against the baseline a user would otherwise write")
