@@ -492,8 +492,10 @@ def _header(run: Path) -> tuple[str, list[str]]:
     lat = (_json(run / "latents.zarr" / "zarr.json") or {}).get("attributes", {})
     src = lat.get("source", {})
     if src:
+        family = {"ae": "a plain autoencoder", "vae": "a variational autoencoder", "rae": "a regularised autoencoder"}
+        of = f" of {family[lat['model'].get('family', 'ae')]}" if lat.get("model") else ""
         lines.append(f"Source: {src.get('kind', '?')} {src.get('spec', '')} ({lat.get('n', '?'):,} images), "
-                     f"latents z {lat.get('z_dim', '?')} from checkpoint epoch {lat.get('checkpoint_epoch', '?')}.")
+                     f"latents z {lat.get('z_dim', '?')}{of} from checkpoint epoch {lat.get('checkpoint_epoch', '?')}.")
     state = _json(run / "pipeline.json")
     if state:
         t = [f"{k} {v['seconds']:.0f} s" for k, v in state.get("stages", {}).items()
