@@ -1,0 +1,71 @@
+"""The blocked torch kNN (what the analysis runs on a GPU), on CPU torch: against the numba self-join and numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from engine.analysis.device_knn import knn_device, knn_graph_device
+from kernels.selfjoin import knn_self_join
+
+
+def numpy_reference(q: np.ndarray, b: np.ndarray, k: int, own: np.ndarray | None = None):
+    """Every distance in float64, then a lexicographic (distance, index) sort per row."""
+    d2 = ((q[:, None, :].astype(np.float64) - b[None, :, :]) ** 2).sum(-1)
+    if own is not None:
+        d2[np.arange(len(q)), own] = np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(len(b)), d2.shape), d2), axis=1)[:, :k]
+    return np.sqrt(np.take_along_axis(d2, order, 1)), order
+
+
+@pytest.mark.parametrize("tile", [(64, 100), (500, 37), (7, 1000)])
+def test_the_graph_equals_the_self_join_and_numpy(tile):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((700, 24)).astype(np.float32) * np.linspace(3, 0.5, 24).astype(np.float32)
+    d, i = knn_graph_device(x, 9, "cpu", tile=tile)
+    sd, si = knn_self_join(x, 9)
+    rd, ri = numpy_reference(x, x, 9, np.arange(len(x)))
+    np.testing.assert_array_equal(i, si)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_allclose(d, sd, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d, rd, rtol=1e-5, atol=1e-4)
+    assert d.dtype == np.float32 and i.dtype == np.int64 and (np.diff(d, axis=1) >= 0).all()
+
+
+def test_duplicates_and_ties_go_to_the_lower_index_across_tiles():
+    # a lattice: many points at exactly equal distances; and exact duplicates of some rows
+    g = np.stack(np.meshgrid(np.arange(6), np.arange(6), np.arange(6)), -1).reshape(-1, 3).astype(np.float32)
+    x = np.concatenate([g, g[[5, 5, 17, 100]], g[::-1][:20]])
+    for tile in ((16, 16), (50, 7), (400, 400)):
+        d, i = knn_graph_device(x, 12, "cpu", tile=tile)
+        sd, si = knn_self_join(x, 12)
+        rd, ri = numpy_reference(x, x, 12, np.arange(len(x)))
+        np.testing.assert_array_equal(i, ri, err_msg=f"tile {tile}")
+        np.testing.assert_array_equal(i, si, err_msg=f"tile {tile}")
+        np.testing.assert_allclose(d, rd, atol=1e-6)
+    # a row's exact duplicate is its first neighbour, at distance 0; never the row itself
+    d, i = knn_graph_device(x, 3, "cpu", tile=(32, 32))
+    assert i[5, 0] == 216 and d[5, 0] == 0 and (i != np.arange(len(x))[:, None]).all()
+
+
+def test_queries_against_a_streamed_zarr_base(tmp_path):
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((1000, 16)).astype(np.float32)
+    q = rng.standard_normal((130, 16)).astype(np.float32)
+    store = zarr.open_array(tmp_path / "b.zarr", mode="w", shape=base.shape, chunks=(128, 16), dtype="float32")
+    store[:] = base
+    seen = []
+    d, i = knn_device(q, store, 5, "cpu", tile=(50, 300), progress=seen.append, resident=False)
+    rd, ri = numpy_reference(q, base, 5)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_allclose(d, rd, rtol=1e-5, atol=1e-5)
+    assert sum(seen) == 130 and len(seen) == 3
+
+
+def test_bad_calls_name_what_is_wrong():
+    x = np.zeros((5, 3), np.float32)
+    with pytest.raises(ValueError, match="k must be between 1 and 4"):
+        knn_graph_device(x, 5, "cpu")
+    with pytest.raises(ValueError, match="share D"):
+        knn_device(np.zeros((2, 4), np.float32), x, 2, "cpu")
