@@ -80,7 +80,8 @@ def judged_figure(path: Path, res: dict) -> str | None:
         return None
     cols = min(4, len(judged))
     rows = int(np.ceil(len(judged) / cols))
-    fig, axes = subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=110, squeeze=False)
+    # at least 4.4 in wide: the title must fit above a single panel
+    fig, axes = subplots(rows, cols, figsize=(max(4.4, 3.2 * cols), 2.6 * rows + 0.3), dpi=110, squeeze=False)
     for ax, (a, j) in zip(axes.flat, judged):
         steps, rate, ci = np.array(j["steps"]), np.array(j["rate"]), np.array(j["ci95"])
         ax.fill_between(steps, ci[:, 0], ci[:, 1], color="C0", alpha=0.25, lw=0)
@@ -97,7 +98,8 @@ def judged_figure(path: Path, res: dict) -> str | None:
         ax.set_visible(False)
     axes.flat[0].set_ylabel("judged rate", fontsize=7)
     axes.flat[0].legend(fontsize=6, loc="upper left")
-    fig.suptitle("Classifier's rate of the attribute along its direction (* changes, by the rule)", fontsize=9)
+    fig.suptitle("Classifier's rate of the attribute along its direction\n(* the rate changes, by the rule)",
+                 fontsize=9)
     return save_figure(fig, path, tight=True)
 
 
