@@ -229,7 +229,7 @@ def cmd_structure(args) -> dict:
     if args.tiles != StructureConfig.tiles and not args.dask:
         raise ValueError(f"--tiles {args.tiles} applies to the graph on a Dask cluster: add --dask ADDRESS|local:N")
     cfg = StructureConfig(k=args.k, graph_k=max(args.k, args.graph_k), index=args.index, sample=args.sample,
-                          seed=args.seed, tiles=args.tiles)
+                          seed=args.seed, tiles=args.tiles, device=args.device)
     with _cluster(args) as cluster:
         res = compute_structure(args.run, cfg, progress=not args.quiet, cluster=cluster)
     return {
@@ -399,6 +399,9 @@ def _analysis_verbs(verb) -> None:
     sp.add_argument("--tiles", choices=("join", "faiss"), default=StructureConfig.tiles,
                     help="with --dask, how each tile of the exact graph is searched: join (default: zspace's self- and "
                          "cross-join kernels, each pair once) or faiss (faiss.knn of every query block x base block)")
+    sp.add_argument("--device", default=StructureConfig.device,
+                    help="auto (default: CUDA when present), cpu, cuda or cuda:N: on CUDA the exact graph, void probes "
+                         "and local PCA run as blocked fp32 torch on the GPU; on a CPU the numba kernels")
 
     sp = verb("tsne", cmd_tsne, STAGES["tsne"].summary)
     sp.add_argument("--n", type=_positive_int, default=TSNEConfig.n, help=f"points embedded (default {TSNEConfig.n:,}, as in the study)")

@@ -169,7 +169,8 @@ def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, prog
     if name == "stats":
         return compute_stats(run, progress=progress, cluster=cluster)
     if name == "structure":
-        return compute_structure(run, StructureConfig(k=p.k, seed=p.seed), progress=progress, cluster=cluster)
+        return compute_structure(run, StructureConfig(k=p.k, seed=p.seed, device=device), progress=progress,
+                                 cluster=cluster)
     if name == "tsne":
         return compute_tsne(run, TSNEConfig(n=p.tsne_n, seed=p.seed), progress=progress, cluster=cluster)
     if name == "attributes":

@@ -52,6 +52,8 @@ class StructureConfig:
     bootstrap: int = 200  # resamples for standard errors
     query_block: int = 8192  # kNN queries per FAISS call (bounds memory)
     tiles: str = "join"  # on a Dask cluster, the exact graph's tiles: join (each pair once) | faiss (faiss.knn)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N: on CUDA (auto: when present) the exact graph, the void probes
+    #                       and local PCA run as blocked fp32 torch there; on a CPU the numba kernels (faster there)
 
     def __post_init__(self):
         if self.k < 3:

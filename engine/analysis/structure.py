@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from tqdm.auto import tqdm
 from scipy import stats as sstats
 
 from engine.analysis.blockwise import GRAPH_BLOCK, fit_on, knn_graph_on, local_dims_on, rasters_on, void_on, write_null
@@ -82,11 +83,32 @@ def corrected_dimension(pr: np.ndarray, m: int, d: int) -> np.ndarray:
     return np.clip(dim, pr, d).astype(np.float32)
 
 
-def _cloud_statistics(x: np.ndarray, cfg: StructureConfig, rng, progress: bool, label: str, keep: int) -> dict:
-    """kNN graph (``keep`` >= k neighbours per point), local PCA and global ID of one cloud (on the first k)."""
+def graph_device(cfg: StructureConfig):
+    """The torch device the exact graph, void probes and local PCA run on, or None for the numba kernels (a CPU)."""
+    from engine.model.precision import resolve_device
+
+    dev = resolve_device(cfg.device)
+    return dev if dev.type == "cuda" else None
+
+
+def _graph(x: np.ndarray, keep: int, cfg: StructureConfig, dev, progress: bool, label: str):
+    """(distances, indices) of the ``keep`` nearest other points: on ``dev`` by torch when given (exact only)."""
+    if dev is None or cfg.index != "exact":
+        return knn_graph(x, keep, cfg.index, seed=cfg.seed, block=cfg.query_block, progress=progress,
+                         desc=f"kNN {label}")
+    from engine.analysis.torch_kernels import knn_graph_device
+
+    with tqdm(total=len(x), unit="pt", desc=f"kNN {label} ({dev})", disable=None if progress else True,
+              leave=False) as bar:
+        return knn_graph_device(x, keep, dev, progress=bar.update)
+
+
+def _cloud_statistics(x: np.ndarray, cfg: StructureConfig, rng, progress: bool, label: str, keep: int,
+                      dev=None) -> dict:
+    """kNN graph (``keep`` >= k neighbours per point), local PCA and global ID of one cloud (on the first k);
+    the graph and local PCA on the torch device ``dev`` when given."""
     t0 = time.perf_counter()
-    graph_dist, graph_idx = knn_graph(x, keep, cfg.index, seed=cfg.seed, block=cfg.query_block, progress=progress,
-                                      desc=f"kNN {label}")
+    graph_dist, graph_idx = _graph(x, keep, cfg, dev, progress, label)
     idx = graph_idx[:, : cfg.k]
     recall = None
     if cfg.index != "exact":
@@ -96,8 +118,13 @@ def _cloud_statistics(x: np.ndarray, cfg: StructureConfig, rng, progress: bool, 
     t_knn = time.perf_counter() - t0
     m = min(cfg.k + 1, x.shape[1])
     hood = np.concatenate([np.arange(len(x))[:, None], idx], axis=1)  # the point and its k neighbours
-    eig = np.empty((len(x), m), np.float64)
-    local_pca(x, np.ascontiguousarray(hood), eig)
+    if dev is None:
+        eig = np.empty((len(x), m), np.float64)
+        local_pca(x, np.ascontiguousarray(hood), eig)
+    else:
+        from engine.analysis.torch_kernels import local_pca_device
+
+        eig = local_pca_device(x, hood, dev)
     n90 = np.empty(len(x), np.int32)
     pr = np.empty(len(x), np.float32)
     lin = np.empty(len(x), np.float32)
@@ -140,9 +167,15 @@ def _load_points(z, rows: np.ndarray | None, progress: bool, where) -> np.ndarra
     return x
 
 
-def void_statistic(probes: np.ndarray, s: dict, block: int) -> dict:
-    """Probe-to-cloud nearest distances ``u`` (exact) against the cloud's own nearest-neighbour distances ``w``."""
-    u = nearest_distances(probes, s["points"])
+def void_statistic(probes: np.ndarray, s: dict, block: int, dev=None) -> dict:
+    """Probe-to-cloud nearest distances ``u`` (exact; on the torch device ``dev`` when given) against the cloud's
+    own nearest-neighbour distances ``w``."""
+    if dev is None:
+        u = nearest_distances(probes, s["points"])
+    else:
+        from engine.analysis.torch_kernels import knn_device
+
+        u = knn_device(probes, s["points"], 1, dev)[0][:, 0]
     w = s["dist"][:, 0]
     return {"u": u, "w": w, "ratio": float(np.median(u) / np.median(w))}
 
@@ -252,9 +285,10 @@ def compute_structure(run_dir: str | os.PathLike, config: StructureConfig | None
         # nearest point of each cloud, against the nearest-neighbour distances inside that cloud
         probes = fit.sample(cfg.void_probes, rng)
         null = fit.sample(n, rng)
-        data_s = _cloud_statistics(x, cfg, rng, progress, "data", keep)
-        null_s = _cloud_statistics(null, cfg, rng, progress, "null", cfg.k)
-        void = {name: void_statistic(probes, s, cfg.query_block) for name, s in (("data", data_s), ("null", null_s))}
+        dev = graph_device(cfg)
+        data_s = _cloud_statistics(x, cfg, rng, progress, "data", keep, dev)
+        null_s = _cloud_statistics(null, cfg, rng, progress, "null", cfg.k, dev)
+        void = {name: void_statistic(probes, s, cfg.query_block, dev) for name, s in (("data", data_s), ("null", null_s))}
         clouds = (x, null)
     else:
         fit, data_s, null_s, void, clouds = _on_cluster(cluster, run, z, rows, cfg, rng, keep)

@@ -1,4 +1,6 @@
-"""Exact k-nearest neighbours as blocked fp32 torch on any device: the graph of a cloud and queries against it.
+"""The analysis on a device: exact k-nearest neighbours as blocked fp32 torch, and local PCA of neighbourhoods.
+
+``knn_device`` / ``knn_graph_device``: the graph of a cloud and queries against it.
 
 The same graph as the CPU self-join (``kernels.selfjoin``): for a tile of query rows Q against base rows B,
 one fp32 matmul gives ``|q|^2 + |b|^2 - 2 q.b`` (the formula FAISS and the self-join use), a point is masked
@@ -141,4 +143,26 @@ def knn_graph_device(x, k: int, device: str | torch.device = "cpu", tile: tuple[
     return knn_device(x, x, k, device, query_ids=np.arange(len(x)), tile=tile, progress=progress)
 
 
-__all__ = ["exact_fp32", "knn_device", "knn_graph_device", "tile_shape"]
+def local_pca_device(x, hood: np.ndarray, device: str | torch.device = "cpu", block: int = 16384) -> np.ndarray:
+    """Eigenvalues of every neighbourhood's covariance, as ``kernels.localdim.local_pca`` computes them: float64
+    (M, m), m = min(k, D), descending, ddof 1, from the k x k Gram matrix of the centred neighbourhood, negatives
+    clamped to 0. ``x`` float32 (N, D); ``hood`` int64 (M, k) row indices. Blocks of ``block`` neighbourhoods,
+    gathered and reduced in float64 on ``device``."""
+    dev = torch.device(device)
+    hood = np.ascontiguousarray(hood, np.int64)
+    m_rows, k = hood.shape
+    m = min(k, x.shape[1])
+    out = np.empty((m_rows, m), np.float64)
+    xs = torch.as_tensor(np.ascontiguousarray(x, np.float32), device=dev)
+    with torch.no_grad():
+        for s in range(0, m_rows, block):
+            h = torch.as_tensor(hood[s : s + block], device=dev)
+            nb = xs[h].double()  # (B, k, D)
+            nb = nb - nb.mean(dim=1, keepdim=True)
+            gram = nb @ nb.transpose(1, 2) / (k - 1)  # (B, k, k): the covariance's nonzero eigenvalues
+            lam = torch.linalg.eigvalsh(gram).flip(1)[:, :m].clamp_min_(0)
+            out[s : s + len(h)] = lam.cpu().numpy()
+    return out
+
+
+__all__ = ["exact_fp32", "knn_device", "knn_graph_device", "local_pca_device", "tile_shape"]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
-from engine.analysis.device_knn import knn_device, knn_graph_device
+from engine.analysis.torch_kernels import knn_device, knn_graph_device, local_pca_device
+from kernels.localdim import local_pca
 from kernels.selfjoin import knn_self_join
 
 
@@ -69,3 +70,48 @@ def test_bad_calls_name_what_is_wrong():
         knn_graph_device(x, 5, "cpu")
     with pytest.raises(ValueError, match="share D"):
         knn_device(np.zeros((2, 4), np.float32), x, 2, "cpu")
+
+
+@pytest.mark.parametrize("d", [24, 5])  # Gram matrix (k + 1 <= D) and covariance-rank (k + 1 > D) cases
+def test_local_pca_equals_the_numba_kernel_and_numpy(d):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((600, d)).astype(np.float32) * np.linspace(2, 0.2, d).astype(np.float32)
+    _, idx = knn_self_join(x, 9)
+    hood = np.concatenate([np.arange(len(x))[:, None], idx], axis=1)
+    got = local_pca_device(x, hood, "cpu", block=128)
+    want = np.empty_like(got)
+    local_pca(x, hood, want)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    ref = np.linalg.eigvalsh(np.cov(x[hood[17]].astype(np.float64), rowvar=False))[::-1][: got.shape[1]]
+    np.testing.assert_allclose(got[17], np.clip(ref, 0, None), rtol=1e-9, atol=1e-9)
+
+
+def test_structure_through_the_torch_path_equals_the_numba_path(tmp_path, monkeypatch):
+    """compute_structure with the device branch taken on CPU torch: the same graph, statistics and verdicts."""
+    import engine.analysis.structure as structure
+    import torch
+    from engine.analysis.config import StructureConfig
+    from engine.latents.importer import import_latents
+
+    rng = np.random.default_rng(3)
+    t = rng.uniform(0, 2 * np.pi, 1200)  # a planted cylinder: a circle times a line, in 12 dimensions
+    z = np.zeros((1200, 12), np.float32)
+    z[:, 0], z[:, 1], z[:, 2] = 4 * np.cos(t), 4 * np.sin(t), rng.uniform(-3, 3, 1200)
+    z[:, 3:] = 0.05 * rng.standard_normal((1200, 9))
+    np.save(tmp_path / "z.npy", z)
+    cfg = StructureConfig(k=8, graph_k=12, void_probes=400, bootstrap=20)
+    res = {}
+    for name, dev in (("numba", None), ("torch", torch.device("cpu"))):
+        run = tmp_path / name
+        import_latents(tmp_path / "z.npy", run, progress=False)
+        monkeypatch.setattr(structure, "graph_device", lambda cfg, dev=dev: dev)
+        res[name] = structure.compute_structure(run, cfg, progress=False)
+        res[name + "_idx"] = zarr.open_group(run / "latents.zarr", mode="r")["knn_indices"][:]
+    np.testing.assert_array_equal(res["numba_idx"], res["torch_idx"])
+    for stat, v in res["numba"]["statistics"].items():
+        w = res["torch"]["statistics"][stat]
+        assert v["differs"] == w["differs"], stat
+        np.testing.assert_allclose([w["data"], w["null"]], [v["data"], v["null"]], rtol=1e-4, err_msg=stat)
+    # the cylinder's verdict: its local dimension differs from the fitted normal's
+    ld = res["torch"]["statistics"]["local_dimension"]
+    assert ld["differs"] and ld["data"] < ld["null"], ld
