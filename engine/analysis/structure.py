@@ -32,12 +32,14 @@ from engine.analysis.blockwise import GRAPH_BLOCK, fit_on, knn_graph_on, local_d
 from engine.analysis.config import StructureConfig
 from engine.analysis.gaussian import GaussianFit
 from engine.analysis.knn import build_index, knn, knn_graph, nearest_distances, recall_at_k
+from engine.analysis.torch_kernels import knn_device, knn_graph_device, local_pca_device
 from engine.analysis.planes import dominant_components, plane_views, plane_windows
 from engine.analysis.structure_figures import structure_figures
 from engine.files import write_json_atomic
 from engine.latents.store import iter_blocks, latents_key, open_latents
 from engine.layout import latents_path, stage_dir
 from engine.stores import WRITE_ALL
+from engine.model.precision import resolve_device
 from kernels.intrinsic import levina_bickel_dimension, twonn_dimension, twonn_mle
 from kernels.localdim import local_dim_summary, local_pca
 
@@ -85,8 +87,6 @@ def corrected_dimension(pr: np.ndarray, m: int, d: int) -> np.ndarray:
 
 def graph_device(cfg: StructureConfig):
     """The torch device the exact graph, void probes and local PCA run on, or None for the numba kernels (a CPU)."""
-    from engine.model.precision import resolve_device
-
     dev = resolve_device(cfg.device)
     return dev if dev.type == "cuda" else None
 
@@ -96,8 +96,6 @@ def _graph(x: np.ndarray, keep: int, cfg: StructureConfig, dev, progress: bool, 
     if dev is None or cfg.index != "exact":
         return knn_graph(x, keep, cfg.index, seed=cfg.seed, block=cfg.query_block, progress=progress,
                          desc=f"kNN {label}")
-    from engine.analysis.torch_kernels import knn_graph_device
-
     with tqdm(total=len(x), unit="pt", desc=f"kNN {label} ({dev})", disable=None if progress else True,
               leave=False) as bar:
         return knn_graph_device(x, keep, dev, progress=bar.update)
@@ -122,8 +120,6 @@ def _cloud_statistics(x: np.ndarray, cfg: StructureConfig, rng, progress: bool, 
         eig = np.empty((len(x), m), np.float64)
         local_pca(x, np.ascontiguousarray(hood), eig)
     else:
-        from engine.analysis.torch_kernels import local_pca_device
-
         eig = local_pca_device(x, hood, dev)
     n90 = np.empty(len(x), np.int32)
     pr = np.empty(len(x), np.float32)
@@ -173,8 +169,6 @@ def void_statistic(probes: np.ndarray, s: dict, block: int, dev=None) -> dict:
     if dev is None:
         u = nearest_distances(probes, s["points"])
     else:
-        from engine.analysis.torch_kernels import knn_device
-
         u = knn_device(probes, s["points"], 1, dev)[0][:, 0]
     w = s["dist"][:, 0]
     return {"u": u, "w": w, "ratio": float(np.median(u) / np.median(w))}
