@@ -115,3 +115,22 @@ def test_structure_through_the_torch_path_equals_the_numba_path(tmp_path, monkey
     # the cylinder's verdict: its local dimension differs from the fitted normal's
     ld = res["torch"]["statistics"]["local_dimension"]
     assert ld["differs"] and ld["data"] < ld["null"], ld
+
+
+def test_the_training_cloud_searches_alike_on_a_torch_device_and_with_faiss():
+    """compare's and facemap's exact searches: blocked torch on a device (CPU torch here) equal FAISS's."""
+    import torch
+    from engine.generation.facemap import FaceMapCloud
+
+    rng = np.random.default_rng(4)
+    zt = rng.standard_normal((900, 16)).astype(np.float32) * np.linspace(2, 0.5, 16).astype(np.float32)
+    faiss_cloud, torch_cloud = FaceMapCloud(zt, 1), FaceMapCloud(zt, 1, torch.device("cpu"))
+    assert torch_cloud.index is None and faiss_cloud.index is not None
+    assert torch_cloud.nn_scale == pytest.approx(faiss_cloud.nn_scale, rel=1e-5)
+    probes = rng.standard_normal((200, 16)).astype(np.float32)
+    np.testing.assert_allclose(torch_cloud.depth(probes), faiss_cloud.depth(probes), rtol=1e-5)
+    rows = np.arange(0, 900, 7)
+    d1, i1 = torch_cloud.search(zt[rows], 5, query_ids=rows)
+    d2, i2 = faiss_cloud.search(zt[rows], 5, query_ids=rows)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(d1, d2, rtol=1e-5, atol=1e-5)

@@ -39,7 +39,7 @@ from engine.data.feed import read_rows
 from engine.data.imagecache import open_cache
 from engine.figures import subplots
 from engine.files import write_json_atomic, write_text_atomic
-from engine.generation.cloud import TrainingCloud, training_rows
+from engine.generation.cloud import TrainingCloud, search_device, training_rows
 from engine.generation.config import CompareConfig
 from engine.generation.generate import decode_with, encode_with, load_model, load_z, sampler_info, write_samples
 from engine.deps import face_detector
@@ -59,7 +59,7 @@ class Reference:
 
     def __init__(self, z: np.ndarray, train_rows: np.ndarray, model, dev, prec, seed: int = 0):
         self.model, self.dev, self.prec = model, dev, prec
-        self.cloud = TrainingCloud(z[train_rows], seed)
+        self.cloud = TrainingCloud(z[train_rows], seed, search_device(dev))
         self.nn_distance, self.radius = self.cloud.nn_scale, self.cloud.median_radius
         centred = z.astype(np.float64) - z.mean(0, dtype=np.float64)
         self.spread = float(np.sqrt((centred**2).sum(1).mean()))

@@ -50,9 +50,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
-from engine.analysis.knn import knn
 from engine.files import write_json_atomic, write_text_atomic
-from engine.generation.cloud import TrainingCloud, training_rows
+from engine.generation.cloud import TrainingCloud, search_device, training_rows
 from engine.generation.config import FacemapConfig
 from engine.generation.facemap_figures import facemap_figures
 from engine.generation.generate import decode_with, load_model, load_z
@@ -92,10 +91,10 @@ class FaceMapCloud(TrainingCloud):
     """The training latents as the face map measures against them (:class:`TrainingCloud`), and how it places
     probes: along rays from the centre and along whitened directions."""
 
-    def __init__(self, zt: np.ndarray, seed: int = 0):
+    def __init__(self, zt: np.ndarray, seed: int = 0, device=None):
         if np.ndim(zt) != 2 or len(zt) < NEAR_PAIRS + 2:
             raise ValueError(f"need at least {NEAR_PAIRS + 2} training latents of shape (N, D), got {np.shape(zt)}")
-        super().__init__(zt, seed)
+        super().__init__(zt, seed, device)
         if not (self.median_radius > 0 and self.nn_scale > 0):
             raise ValueError(f"degenerate latent cloud: median radius {self.median_radius:g}, typical neighbour "
                              f"distance {self.nn_scale:g} (are all latents equal?)")
@@ -140,7 +139,7 @@ def _depth_probes(cloud: FaceMapCloud, cfg: FacemapConfig, rng) -> dict[str, np.
     n, zt = cfg.n, cloud.zt.astype(np.float64)
     rows = np.sort(rng.choice(pool, size=n, replace=n > len(pool)))
     a = zt[rows]
-    _, near = knn(cloud.index, cloud.zt[rows], NEAR_PAIRS, query_ids=rows)
+    _, near = cloud.search(cloud.zt[rows], NEAR_PAIRS, query_ids=rows)
     partner = near[np.arange(n), rng.integers(0, NEAR_PAIRS, n)]
     t = rng.uniform(0, 1, n)[:, None]
     raw = {
@@ -272,16 +271,18 @@ def _judge_all(z: np.ndarray, decode: Callable, judge: Callable, keep: np.ndarra
 
 def face_map(zt: np.ndarray, decode: Callable[[np.ndarray], np.ndarray], cfg: FacemapConfig | None = None,
              judge: Callable[[np.ndarray], np.ndarray] = detect, progress: bool = True,
-             quality=None) -> tuple[dict, dict]:
+             quality=None, device=None) -> tuple[dict, dict]:
     """The experiment on training latents ``zt`` with ``decode`` (float32 (n, D) -> uint8 images) and ``judge``;
     with a ``quality`` judge (``engine.generation.quality.QualityJudge``) every depth bin also gets the Fréchet
     distance of its decoded images to real test images, and the verdict says whether depth changes quality.
+
+    ``device``: a torch device for the exact searches (None: FAISS on the CPU).
 
     Returns (the JSON result, the arrays: z, family, radius ratio, depth, face, stated radius, strip images).
     """
     cfg = cfg or FacemapConfig()
     rng = np.random.default_rng(cfg.seed)
-    cloud = FaceMapCloud(zt, cfg.seed)
+    cloud = FaceMapCloud(zt, cfg.seed, device)
     sweeps, probes = _sweeps(cloud, cfg, rng), _depth_probes(cloud, cfg, rng)
     parts = [sweeps[k][0] for k in SWEEPS] + [probes[k] for k in DEPTH_FAMILIES]
     z = np.concatenate(parts).astype(np.float32)
@@ -362,7 +363,7 @@ def facemap(run_dir: str | os.PathLike, n: int = FacemapConfig.n, seed: int = Fa
     model, dev, prec = load_model(run, device=cfg.device)
     quality = QualityJudge.for_run(run, device=cfg.device, seed=cfg.seed)  # None until 'zspace attributes' ran
     result, arrays = face_map(z[train_rows], lambda zs: decode_with(model, zs, dev, prec), cfg, progress=progress,
-                              quality=quality)
+                              quality=quality, device=search_device(dev))
     result["inputs"] = {"latents_key": group.attrs.get("key")}
     out = run / "facemap"
     out.mkdir(parents=True, exist_ok=True)
