@@ -44,20 +44,24 @@ Layout
       figures.py        image grids and matplotlib figures without pyplot
       stages.py         the one table of stages
       data/             sources (CelebA, folders, synthetic), synthetic faces, the image cache, the training feed
-      model/            the autoencoder, precision, checkpoints, training, encoding; ranks (process group,
+      model/            the autoencoder (ae, vae, rae), precision, checkpoints, training, encoding, the attribute
+                        classifier; ranks (process group,
                         synchronised batch norm) and launch (--nproc: torchrun's standalone launcher)
       latents/          the latent store (open, stream in blocks), import of outside latents
       analysis/         GaussianFit, distributions, stats, structure, kNN, planes, t-SNE (+ their figures);
-                        cluster (--dask: block tasks on Dask) and blockwise (structure's tasks over Zarr blocks)
-      generation/       samplers, decoding, paths, the judge, compare, facemap
+                        cluster (--dask: block tasks on Dask) and blockwise (structure's tasks over Zarr blocks);
+                        torch_kernels (exact kNN and local PCA as blocked torch on a GPU)
+      generation/       samplers, decoding, paths, the judge, the quality judge, compare, facemap
+      attributes/       attribute readouts, directions, decoded traversals judged by the attribute classifier
       report/           the report page
+      contrast/         several runs side by side: what holds in every run, what differs
       pipeline.py       zspace run: the stages in order, skipping finished ones; zspace verify
     kernels/            numba kernels and the numpy references they are checked against
     tests/              pytest: planted structures, numpy/sklearn/scipy references, the CLI, the browser
     bench/              the benchmark harness, results.json, RESULTS.md
 
-Imports flow one way, data <- model <- latents <- analysis <- generation <- report <-
-pipeline <- cli; ``tests/test_layout.py`` reads every module's imports and fails on
+Imports flow one way, data <- model <- latents <- analysis <- generation <- attributes <- report <-
+contrast <- pipeline <- cli; ``tests/test_layout.py`` reads every module's imports and fails on
 an upward import, a cycle, an import hidden in a function or a private name taken
 from another module. Each subpackage's docstring describes its verbs in full
 (``engine.data``: prepare; ``engine.model``: train, encode, several processes and
@@ -89,15 +93,21 @@ report                 reads JSON and figures only
 
 The pipeline's verbs (engine.pipeline)
 --------------------------------------
-``zspace run [SOURCE] --run DIR [--quick] [--until STAGE] [--epochs N] [--size S] [--z-dim D] [--k K]
-[--tsne-n N] [--compare-n N] [--facemap-n N] [--seed S] [--nproc N] [--dask ADDRESS|local:N]``: the main
-job: prepare, train, encode, stats, structure, tsne, compare, facemap and report in order. A stage that
+``zspace run [SOURCE] --run DIR [--quick] [--until STAGE] [--model ae|vae|rae] [--epochs N] [--size S]
+[--z-dim D] [--k K] [--tsne-n N] [--attrs FILE] [--compare-n N] [--facemap-n N] [--seed S] [--nproc N]
+[--dask ADDRESS|local:N]``: the main job: prepare, train, encode, stats, structure, tsne, attributes, compare,
+facemap and report in order. A stage that
 finished with the same options and inputs is skipped; an interrupted one runs again and resumes (prepare,
 train and encode pick up where they stopped); a changed option reruns that stage and every stage after it
 (keys in ``DIR/pipeline.json``). Prints each stage's time and where the report is. SOURCE defaults to the
 built-in ``synthetic:10000`` (``synthetic:3000`` with ``--quick``: 3,000 faces, 4 epochs, smaller maps and
 comparisons). ``--nproc N`` runs train and encode on N ranks and the rest in one process; ``--dask`` runs
 stats, structure and tsne on a Dask cluster.
+
+``zspace contrast RUN_A RUN_B [...] --out DIR``: several runs side by side (engine.contrast): every headline
+number of each run in one table, each row 'holds' in every run or 'differs' by a rule fixed before the
+numbers, and the runs' radius, dominant-component, compare and face-map figures side by side in
+``DIR/index.html``.
 
 ``zspace verify --run DIR``: checks the image cache and the latent store (every chunk on disk), both
 checkpoints (readable, finite weights) and every stage's JSON; prints one line per item, ``ok`` or
@@ -122,6 +132,8 @@ Every verb on a small synthetic set (about 3 minutes on 2 cores)::
     zspace compare --run runs/s --n 300                              # -> runs/s/generate/compare.md
     zspace facemap --run runs/s --n 400                              # -> runs/s/facemap/: region or voids?
     zspace report --run runs/s                                       # open runs/s/report/index.html
+    zspace run synthetic:2000 --run runs/v --quick --model vae       # a VAE of the same architecture
+    zspace contrast runs/s runs/v --out runs/ae_vs_vae               # what holds in both -> index.html
     zspace import-latents my_latents.npy --run runs/mine && zspace stats --run runs/mine
     zspace bench --small                                             # -> bench/small/RESULTS.md
 

@@ -7,6 +7,16 @@ precision is bf16 autocast on CUDA (fp16 + GradScaler where bf16 is missing), fp
 where it stopped. ``--nproc N``: N ranks on this machine (below); ``--batch-size`` is always the global batch.
 ``RUN/train/recon_eNNN.png`` shows fixed test images (top row) over their reconstructions after epoch NNN.
 
+``--model ae|vae|rae [--beta B] [--z-reg W] [--decoder-l2 L]`` picks the family on the same encoder/decoder
+(``engine.model.autoencoder``): ``ae``, the study's plain autoencoder (the default, unchanged); ``vae``, whose
+encoder also gives a log-variance, trained by the reparameterisation trick on reconstruction + beta x KL to
+N(0, I) (``encode`` writes the posterior mean as ``z`` and ``logvar`` beside it; ``compare`` adds the ``prior``
+sampler); ``rae`` (Ghosh et al. 2020), deterministic, with W x |z|^2/2 and an L2 penalty L/2 x |theta|^2 on the
+decoder's weights. The latent terms are per image and divided by its 3 S^2 pixel values, as the pixel loss is,
+so beta 1 is the ELBO per pixel. The checkpoint records the family and every later stage reads it; resume,
+``--nproc``, mixed precision and the divergence checks work alike for all three, and the validation loss is
+the reconstruction term alone, comparable across families.
+
 ``zspace encode --run DIR [--checkpoint PATH] [--overwrite] [--nproc N]`` streams the latent of every image
 into ``DIR/latents.zarr``, with each image's reconstruction error. Resumes when interrupted (with any
 ``--nproc``); does nothing when the store is complete for the same checkpoint; latents brought in with
