@@ -112,16 +112,18 @@ def test_config_refuses_an_unknown_family_and_negative_weights():
     assert ModelConfig.from_dict(d).family == "ae"
 
 
-@pytest.mark.parametrize("family", ["ae", "vae", "rae"])
-def test_resume_is_bit_exact_for_every_family(cache_run, tmp_path, family):
+@pytest.mark.parametrize("family, fused", [("ae", False), ("vae", False), ("rae", False), ("ae", True), ("rae", True)])
+def test_resume_is_bit_exact_for_every_family(cache_run, tmp_path, family, fused):
+    """Also with Adam's fused kernel (CUDA's default), here on the CPU."""
     mcfg = ModelConfig(family=family, **TINY)
     a, b = fresh(cache_run, tmp_path / "a"), fresh(cache_run, tmp_path / "b")
-    full = train(a, cfg(epochs=3), mcfg, progress=False)
-    train(b, cfg(epochs=1), mcfg, progress=False)
-    resumed = train(b, cfg(epochs=3), resume=True, progress=False)
+    full = train(a, cfg(epochs=3, fused=fused), mcfg, progress=False)
+    train(b, cfg(epochs=1, fused=fused), mcfg, progress=False)
+    resumed = train(b, cfg(epochs=3, fused=fused), resume=True, progress=False)
     ma, ca = load_checkpoint(a / "checkpoints" / "last.pt")
-    mb, _ = load_checkpoint(b / "checkpoints" / "last.pt")
+    mb, cb = load_checkpoint(b / "checkpoints" / "last.pt")
     assert ma.config.family == family and ca["config"]["model"]["family"] == family
+    assert all(bool(g["fused"]) == fused for g in cb["optimizer"]["param_groups"]), cb["optimizer"]["param_groups"]
     for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
         assert torch.equal(va, vb), f"{family}: {k} differs after resume"
     assert resumed["val_loss"] == full["val_loss"]

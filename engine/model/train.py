@@ -336,13 +336,15 @@ def _build(mcfg: ModelConfig, cfg: TrainConfig, ranks: Ranks, device: torch.devi
         net = sync_batchnorm(net, device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    fused = device.type == "cuda" if cfg.fused is None else cfg.fused
     if mcfg.family != "rae" or not cfg.decoder_l2:
-        return net, torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        return net, torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=fused)
     # rae: Adam's (coupled) weight decay on the decoder's group adds decoder_l2 * theta to its gradient, the exact
     # gradient of the penalty decoder_l2 / 2 * |theta|^2 (Ghosh et al.'s RAE-L2)
     decoder = [p for name, p in net.named_parameters() if name.startswith(("from_z.", "decoder_conv."))]
     rest = [p for name, p in net.named_parameters() if not name.startswith(("from_z.", "decoder_conv."))]
-    return net, torch.optim.Adam([{"params": rest}, {"params": decoder, "weight_decay": cfg.decoder_l2}], lr=cfg.lr)
+    return net, torch.optim.Adam([{"params": rest}, {"params": decoder, "weight_decay": cfg.decoder_l2}], lr=cfg.lr,
+                                 fused=fused)
 
 
 def _train_prepared(run: Path, cache, cfg: TrainConfig, mcfg: ModelConfig, ckpt: dict | None, progress: bool,
