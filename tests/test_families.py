@@ -195,3 +195,26 @@ def test_compare_adds_the_prior_sampler_for_a_vae_only(trained, tmp_path):
     assert list(res["samplers"]) == [*SAMPLERS, "prior"]
     assert (run / "generate" / "prior" / "images.npy").exists()
     json.loads((run / "generate" / "compare.json").read_text())["samplers"]["prior"]
+
+
+def test_a_feed_resident_on_the_device_trains_exactly_as_the_host_feed(cache_run, tmp_path):
+    """resident=True (CUDA's default when the split fits), here on CPU torch: the same batches, the same weights."""
+    from engine.data.feed import BatchFeed
+    from engine.model.train import DeviceFeed
+
+    images = zarr.open_group(cache_run / "images.zarr", mode="r")["images"]
+    host = BatchFeed(images, np.arange(0, 300, 2), 16, seed=4, in_memory=True)
+    dev = DeviceFeed(host, torch.device("cpu"))
+    for e in (1, 2):
+        got, want = list(dev.epoch(e)), list(host.epoch(e))
+        assert len(got) == len(want) == len(dev) == 150 // 16
+        for g, w in zip(got, want):
+            assert isinstance(g, torch.Tensor) and torch.equal(g, torch.from_numpy(w))
+    mcfg = ModelConfig(**TINY)
+    a, b = fresh(cache_run, tmp_path / "a"), fresh(cache_run, tmp_path / "b")
+    train(a, cfg(resident=True), mcfg, progress=False)
+    train(b, cfg(resident=False), mcfg, progress=False)
+    ma, _ = load_checkpoint(a / "checkpoints" / "last.pt")
+    mb, _ = load_checkpoint(b / "checkpoints" / "last.pt")
+    for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
+        assert torch.equal(va, vb), k

@@ -109,16 +109,31 @@ class BatchFeed:
                 blocks.append(block[rng.permutation(len(block))] if self.shuffle else block)
         return np.concatenate(blocks) if blocks else np.empty(0, np.int64)
 
-    def epoch(self, epoch: int) -> Iterator[np.ndarray]:
-        """This rank's part of each batch of epoch ``epoch``."""
+    @property
+    def data(self) -> np.ndarray | None:
+        """The rows in memory, uint8 (len(rows), S, S, 3) in the order of ``rows``; None when streamed."""
+        return self._data
+
+    def positions(self, epoch: int) -> Iterator[np.ndarray]:
+        """This rank's positions in ``data`` of each batch of epoch ``epoch`` (an in-memory feed), sorted within a
+        batch (a sorted gather is kinder to the cache; the batch's content is what counts)."""
+        if self._data is None:
+            raise ValueError("positions() needs the rows in memory (in_memory=True)")
         order = self.order(epoch)
         b = self.batch_size
         stop = len(order) // b * b if self.drop_last else len(order)
+        for i in range(0, stop, b):
+            yield self._mine(np.sort(order[i : i + b]))
+
+    def epoch(self, epoch: int) -> Iterator[np.ndarray]:
+        """This rank's part of each batch of epoch ``epoch``."""
         if self._data is not None:
-            for i in range(0, stop, b):
-                # sorted gather is kinder to the cache; the batch's content is what counts
-                yield self._data[self._mine(np.sort(order[i : i + b]))]
+            for pos in self.positions(epoch):
+                yield self._data[pos]
             return
+        order = self.order(epoch)
+        b = self.batch_size
+        stop = len(order) // b * b if self.drop_last else len(order)
         yield from self._stream([self._mine(order[i : i + b]) for i in range(0, stop, b)])
 
     def _stream(self, batches: list[np.ndarray]) -> Iterator[np.ndarray]:

@@ -90,14 +90,18 @@ def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
 
 
-def to_input(batch: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 (B, S, S, 3) numpy -> float (B, 3, S, S) in [0, 1] on ``device``.
+def to_input(batch, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, S, S, 3), numpy or a tensor (already on ``device``: a resident feed) -> float (B, 3, S, S) in
+    [0, 1] on ``device``.
 
     The uint8 bytes travel to the device (4x less traffic than float) and are
     converted there. Permuting NHWC to NCHW gives channels_last strides for free.
     """
-    t = torch.from_numpy(batch)
-    if device.type == "cuda":
-        t = t.pin_memory().to(device, non_blocking=True)
+    if isinstance(batch, torch.Tensor):
+        t = batch.to(device, non_blocking=True)
+    else:
+        t = torch.from_numpy(batch)
+        if device.type == "cuda":
+            t = t.pin_memory().to(device, non_blocking=True)
     x = t.permute(0, 3, 1, 2).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

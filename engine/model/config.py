@@ -61,6 +61,8 @@ class TrainConfig:
     grid_images: int = 8  # fixed test images in the reconstruction grid
     log_every: int = 20  # steps between progress-bar loss updates (each costs a device sync)
     channels_last: bool = True  # NHWC activations: faster on CUDA and, measured here, ~25% on CPU too
+    resident: bool | None = None  # the train split's uint8 images on the device, batches gathered there; None: on
+    #                               CUDA when the split is in memory and takes at most half the GPU's free memory
     fused: bool | None = None  # Adam's fused kernel; None: on CUDA, where it is one launch for every parameter and
     #                           lets GradScaler's inf check stay on the device (fp16 then waits on no host sync)
     # the latent terms, per image and divided by its 3 S^2 pixel values like the reconstruction term, so that

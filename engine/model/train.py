@@ -178,6 +178,31 @@ def _prepare_dirs(run: Path, mcfg: ModelConfig, explicit_model: bool, resume: bo
     return ckpt, mcfg
 
 
+RESIDENT_SHARE = 0.5  # by default the train split lives on the GPU when it takes at most this share of its free memory
+
+
+class DeviceFeed:
+    """A ``BatchFeed``'s in-memory rows held on ``device`` as one uint8 tensor: each batch is gathered there, so
+    no batch is copied from the host (one transfer of the epoch's positions instead). Same batches, same order."""
+
+    def __init__(self, feed: BatchFeed, device: torch.device):
+        self.feed, self.rows, self.in_memory, self.resident = feed, feed.rows, True, True
+        self.data = torch.from_numpy(feed.data).to(device)
+
+    def __len__(self) -> int:
+        return len(self.feed)
+
+    def epoch(self, epoch: int):
+        pos = list(self.feed.positions(epoch))
+        if not pos:
+            return
+        at = torch.from_numpy(np.concatenate(pos)).to(self.data.device, non_blocking=True)
+        start = 0
+        for p in pos:
+            yield self.data.index_select(0, at[start : start + len(p)])
+            start += len(p)
+
+
 def _feeds(cache, cfg: TrainConfig, device: torch.device, ranks: Ranks = Ranks()):
     """(train feed, validation feed, fixed grid images, validation rows) from the cache's split; with several ranks each feed
     yields this rank's part: of every training batch, and a contiguous part of the validation rows."""
@@ -193,8 +218,14 @@ def _feeds(cache, cfg: TrainConfig, device: torch.device, ranks: Ranks = Ranks()
     grid_rows = np.flatnonzero(split == TEST)[: cfg.grid_images]
     if len(grid_rows) == 0:
         grid_rows = val_rows[: cfg.grid_images]
-    feed = BatchFeed(images, train_rows, cfg.batch_size, seed=cfg.seed, in_memory=cfg.in_memory,
+    feed = BatchFeed(images, train_rows, cfg.batch_size, seed=cfg.seed, in_memory=True if cfg.resident else cfg.in_memory,
                      share=(ranks.rank, ranks.world))
+    resident = cfg.resident
+    if resident is None:
+        resident = device.type == "cuda" and feed.in_memory and \
+            feed.data.nbytes <= RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0]
+    if resident:
+        feed = DeviceFeed(feed, device)
     val_batch = cfg.batch_size // ranks.world * (4 if device.type == "cuda" else 1)  # no gradients: larger fit
     mine = np.array_split(val_rows, ranks.world)[ranks.rank]
     val_feed = BatchFeed(images, mine, val_batch, shuffle=False, drop_last=False, in_memory=cfg.in_memory)
@@ -369,7 +400,9 @@ def _train_prepared(run: Path, cache, cfg: TrainConfig, mcfg: ModelConfig, ckpt:
                                                     "channels_last": cfg.channels_last, "ranks": ranks.world}, indent=2)
     logger.info("training %d epochs on %d images (%d validation), %s, precision %s, data %s", cfg.epochs,
                 len(feed.rows), n_val, f"{ranks.world} ranks of batch {cfg.batch_size // ranks.world} on {device.type}" if ranks.distributed
-                else f"device {device}", precision.name, "in memory" if feed.in_memory else "streamed from the cache")
+                else f"device {device}", precision.name,
+                "resident on the device" if getattr(feed, "resident", False) else "in memory" if feed.in_memory
+                else "streamed from the cache")
     model = net
     if ranks.distributed:  # after loading: DDP starts every rank from rank 0's weights and buffers
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
