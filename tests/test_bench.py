@@ -42,9 +42,11 @@ def test_every_row_is_finite(small):
         if r["baseline"] != "-":
             assert r["baseline_s"] is not None and math.isfinite(r["baseline_s"]) and r["baseline_s"] > 0, r
             assert r["ratio"] is not None and math.isfinite(r["ratio"]) and r["ratio"] > 0, r
-        else:  # the end-to-end stats rows, the memory-read floor and structure's memory on Dask have no baseline
-            assert r["group"] in ("stats", "kernels", "dask_structure"), r
+        else:  # the end-to-end stats rows, the memory-read floor, structure's memory on Dask and the latent side
+            # of the attributes stage have no baseline
+            assert r["group"] in ("stats", "kernels", "dask_structure", "attributes"), r
             assert r["group"] != "kernels" or r["stage"] == "read_array", r
+            assert r["group"] != "attributes" or r["stage"] == "attributes_latents", r
             assert r["baseline_s"] is None and r["ratio"] is None, r
 
 
@@ -202,3 +204,15 @@ def test_the_committed_results_md_survives_regeneration(tmp_path):
     (tmp_path / "RESULTS.md").write_bytes(committed)
     write_results(tmp_path, result, [row_from_json(r) for r in result["rows"]])
     assert (tmp_path / "RESULTS.md").read_bytes() == committed
+
+
+def test_the_device_rows_run_on_cpu_torch_and_agree_with_the_baselines():
+    from bench.stages_device import knn_device_rows
+
+    rows = knn_device_rows(1500, 8, "cpu")
+    assert [r.baseline for r in rows] == ["torch.cdist + topk per 4,096-row block, same device",
+                                          "faiss.knn(x, x, k + 1) on the CPU"]
+    for r in rows:
+        assert math.isfinite(r.ours_s) and r.ours_s > 0 and math.isfinite(r.baseline_s) and r.peak_mb >= 0, r
+        share = float(r.notes.split("agree with ours on ")[1].split("%")[0])
+        assert share >= 99.0, r.notes  # the same exact graph up to float rounding of near ties
