@@ -32,7 +32,12 @@ up to 30), ``local_dim``, ``local_pr``, ``local_n90``, ``local_linearity`` into 
 points of a d-dimensional normal show PR = d / (1 + d/(m-1)), so 16 neighbours of a 10-D blob read 6
 uncorrected, 10 corrected). Plane views: projections onto PCA planes (1,2), (1,18), (8,35) and the plane of
 the two most dominant components, windows of side 5, 1 and 0.5 around the centre, data above null, with the
-share of empty raster cells inside the 95% ellipse.
+share of empty raster cells inside the 95% ellipse. ``--device auto|cpu|cuda[:N]`` (auto: CUDA when present):
+on a GPU the exact graph of data and null, the void probes' nearest distances and local PCA run as blocked
+fp32 torch there (``torch_kernels``: the same graph as the self-join, TF32 off, tiles sized from free device
+memory, a cloud larger than a quarter of it streamed by rows); on a CPU the numba kernels, which are faster
+there. ``zspace tsne`` of all points then reuses the device's graph, so on a GPU machine only openTSNE's
+optimisation runs on the CPU, on all its cores.
 
 ``zspace tsne --run DIR [--n 20000] [--pca K] [--perplexity 30] [--affinity perplexity|uniform] [--uniform-k
 15] [--early-exaggeration 12] [--n-iter 750] [--seed 0] [--no-null] [--dask ADDRESS|local:N] [--fit-n
