@@ -101,6 +101,18 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(cache, two_rank_ep
     assert not any(isinstance(m, CpuSyncBatchNorm) for m in model.modules())
 
 
+@pytest.mark.parametrize("family", ["vae", "rae"])
+def test_two_ranks_train_a_vae_and_an_rae_as_one_process(cache, tmp_path, family):
+    """A vae's noise is a function of (seed, epoch, step) cut by rank, not of each rank's RNG: the same as one
+    process (with each rank's RNG, rows of both ranks would get the same noise and the weights would differ)."""
+    model = ModelConfig(family=family, size=32, z_dim=16, widths=(8, 16, 16, 16))
+    run1, run2 = fresh(cache, tmp_path / "one"), fresh(cache, tmp_path / "two")
+    train(run1, cfg(1), model, progress=False)
+    on_ranks("train", train_call(cfg(1), model, run_dir=str(run2), progress=False))
+    diff = max_diff(weights(run1), weights(run2))
+    assert diff < SAME_WEIGHTS, f"{family}: 2 ranks x 8 vs 1 process x 16: max |dw| = {diff:.2e}"
+
+
 def test_unsynchronised_batch_norm_would_fail_the_comparison(cache, two_rank_epoch, tmp_path):
     """The tolerance can fail: per-rank batch statistics (what SyncBatchNorm prevents) are far outside it."""
     run2, _ = two_rank_epoch

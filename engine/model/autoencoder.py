@@ -72,15 +72,21 @@ class Autoencoder(nn.Module):
         """Images in [0, 1], float (B, 3, S, S)."""
         return torch.sigmoid(self.decode_logits(z))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(logits (B, 3, S, S), z (B, z_dim), latent term (B,) float32 or None for ae). For a vae in training
-        z is drawn by the reparameterisation trick, in eval it is mu."""
+        z = mu + sigma * eps, eps (B, z_dim) given by the caller (training draws it from (seed, epoch, step) so that
+        it is the same whatever the ranks) or drawn here; in eval z = mu."""
         mu, logvar = self.encode_stats(x)
         if self.config.family == "ae":
             return self.decode_logits(mu), mu, None
         if self.config.family == "rae":
             return self.decode_logits(mu), mu, 0.5 * mu.float().pow(2).sum(1)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
+        if self.training:
+            eps = torch.randn_like(mu) if eps is None else eps.to(mu.dtype)
+            z = mu + torch.exp(0.5 * logvar) * eps
+        else:
+            z = mu
         return self.decode_logits(z), z, kl_normal(mu, logvar)
 
 

@@ -99,11 +99,22 @@ def objective(loss: str, logits: torch.Tensor, x: torch.Tensor, term: torch.Tens
     return value
 
 
-def train_step(model, opt, scaler, precision, loss: str, x: torch.Tensor, weight: float = 0.0) -> torch.Tensor:
+def vae_noise(seed: int, epoch: int, step: int, batch: int, z_dim: int, ranks: Ranks, device) -> torch.Tensor:
+    """This rank's rows of the global batch's eps ~ N(0, I) (batch, z_dim): a pure function of (seed, epoch, step),
+    so a vae trains alike on any number of ranks and resumes exactly, whatever the global RNG did."""
+    g = torch.Generator().manual_seed(int.from_bytes(np.random.SeedSequence([seed, epoch, step]).generate_state(2)
+                                                     .tobytes(), "little") & (2**63 - 1))
+    eps = torch.randn((batch, z_dim), generator=g)
+    part = batch // ranks.world
+    return eps[ranks.rank * part : (ranks.rank + 1) * part].to(device, non_blocking=True)
+
+
+def train_step(model, opt, scaler, precision, loss: str, x: torch.Tensor, weight: float = 0.0,
+               eps: torch.Tensor | None = None) -> torch.Tensor:
     """One optimisation step on the batch ``x``; returns the (device) loss without syncing. ``weight``: that of
-    the model's latent term (``latent_weight``)."""
+    the model's latent term (``latent_weight``); ``eps``: a vae's noise (``vae_noise``)."""
     with precision.autocast():
-        logits, _, term = model(x)
+        logits, _, term = model(x) if eps is None else model(x, eps)
     value = objective(loss, logits, x, term, weight)
     opt.zero_grad(set_to_none=True)
     scaler.scale(value).backward()
@@ -256,8 +267,12 @@ def _train_epoch(model, opt, scaler, precision, feed: BatchFeed, epoch: int, cfg
     seen = 0
     bar = tqdm(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
                disable=None if progress else True, leave=False)
+    net = unwrap(model)
     for step, batch in enumerate(bar):
-        loss = train_step(model, opt, scaler, precision, cfg.loss, to_input(batch, device, cfg.channels_last), weight)
+        eps = (vae_noise(cfg.seed, epoch, step, cfg.batch_size, net.config.z_dim, ranks, device)
+               if net.config.family == "vae" else None)
+        loss = train_step(model, opt, scaler, precision, cfg.loss, to_input(batch, device, cfg.channels_last), weight,
+                          eps)
         # every step on CPU (no sync to pay); at log intervals on CUDA, where .item() stalls the pipeline
         if (device.type != "cuda" or step % cfg.log_every == 0) and not torch.isfinite(all_sum(ranks, loss)).item():
             raise TrainingDiverged(f"training diverged: loss {loss.item()} at epoch {epoch}, step {step + 1}; "
