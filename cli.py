@@ -20,7 +20,7 @@ from engine.attributes.config import AttributesConfig
 from engine.data.config import PrepareConfig
 from engine.files import run_lock
 from engine.generation.config import ALL_SAMPLERS, SAMPLERS, CompareConfig, FacemapConfig, GenerateConfig, PathsConfig
-from engine.model.config import FAMILIES, LOSSES, RANK_TIMEOUT_S, EncodeConfig, ModelConfig, RankFailed, TrainConfig
+from engine.model.config import FAMILIES, FAMILY_TERMS, LOSSES, RANK_TIMEOUT_S, EncodeConfig, ModelConfig, RankFailed, TrainConfig
 from engine.stages import STAGE_NAMES, STAGES
 
 RANKED = ("train", "encode")  # the verbs that run on several ranks (--nproc, torchrun)
@@ -90,24 +90,43 @@ def _family_args(sp) -> None:
     sp.add_argument("--model", choices=FAMILIES, default=None,
                     help="model family: ae (the study's plain autoencoder, default), vae (variational), rae "
                          "(regularised, Ghosh et al. 2020); one encoder/decoder architecture")
-    sp.add_argument("--beta", type=_non_negative, default=TrainConfig.beta,
+    sp.add_argument("--beta", type=_non_negative, default=None,
                     help=f"vae: weight of the KL term (default {TrainConfig.beta:g}: the ELBO)")
-    sp.add_argument("--z-reg", type=_non_negative, default=TrainConfig.z_reg,
+    sp.add_argument("--z-reg", type=_non_negative, default=None,
                     help=f"rae: weight of |z|^2/2 (default {TrainConfig.z_reg:g})")
-    sp.add_argument("--decoder-l2", type=_non_negative, default=TrainConfig.decoder_l2,
+    sp.add_argument("--decoder-l2", type=_non_negative, default=None,
                     help=f"rae: L2 penalty on the decoder's weights (default {TrainConfig.decoder_l2:g})")
 
 
 def cmd_train(args) -> dict:
     from engine.data.imagecache import open_cache
 
+    family = args.model
+    terms = {"beta": args.beta, "z_reg": args.z_reg, "decoder_l2": args.decoder_l2}
+    last = Path(args.run) / "checkpoints" / "last.pt"
+    if args.resume and last.exists():  # the family and loss weights of the training to resume
+        from engine.model.checkpoint import read_checkpoint
+
+        config = read_checkpoint(last)["config"]
+        saved = config["model"].get("family", "ae")
+        if family not in (None, saved):
+            raise ValueError(f"{last} is of family {saved}: --resume continues it as that (--model {saved}); "
+                             f"start over as {family} with --overwrite")
+        family = saved
+        terms = {k: config["train"].get(k) if v is None and k in FAMILY_TERMS[family] else v for k, v in terms.items()}
+    family = family or ModelConfig.family
+    stray = [k for k, v in terms.items() if v is not None and k not in FAMILY_TERMS[family]]
+    if stray:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in stray)} applies to --model "
+                         f"{' and '.join(f for f, t in FAMILY_TERMS.items() if stray[0] in t)} only, and the family "
+                         f"here is {family}")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
-                      precision=args.precision, device=args.device, seed=args.seed, beta=args.beta, z_reg=args.z_reg,
-                      decoder_l2=args.decoder_l2)
+                      precision=args.precision, device=args.device, seed=args.seed,
+                      **{k: v for k, v in terms.items() if v is not None})
     model_cfg = None
-    if args.z_dim is not None or args.widths is not None or args.model is not None or not args.resume:
+    if args.z_dim is not None or args.widths is not None or not args.resume:
         size = int(open_cache(args.run).attrs["size"])
-        model_cfg = ModelConfig(family=args.model or ModelConfig.family, size=size, z_dim=args.z_dim or ModelConfig.z_dim,
+        model_cfg = ModelConfig(family=family, size=size, z_dim=args.z_dim or ModelConfig.z_dim,
                                 widths=args.widths or ModelConfig().widths)
     kwargs = {"resume": args.resume, "overwrite": args.overwrite, "progress": not args.quiet,
               "rank_timeout": args.rank_timeout}
@@ -139,6 +158,13 @@ def cmd_encode(args) -> dict:
 
 def cmd_run(args) -> None:
     from engine.pipeline import run
+
+    family = args.model or ModelConfig.family
+    stray = [f"--{k.replace('_', '-')}" for k in ("beta", "z_reg") if getattr(args, k) is not None
+             and k not in FAMILY_TERMS[family]]
+    if stray:
+        raise ValueError(f"{stray[0]} applies to --model {'vae' if stray[0] == '--beta' else 'rae'} only, and the "
+                         f"family here is {family}")
 
     res = run(args.run, source=args.source, quick=args.quick, device=args.device, progress=not args.quiet,
               model=args.model, beta=args.beta, z_reg=args.z_reg,

@@ -113,15 +113,18 @@ def stage_options(p: Profile) -> dict[str, dict]:
 
 def _family_options(p: Profile) -> dict:
     """The model family's options in the train stage's key; none for the plain ae, whose keys stay as they were."""
-    return {"ae": {}, "vae": {"model": "vae", "beta": p.beta}, "rae": {"model": "rae", "z_reg": p.z_reg}}[p.model]
+    options = {"ae": {}, "vae": {"model": "vae", "beta": p.beta}, "rae": {"model": "rae", "z_reg": p.z_reg}}
+    if p.model not in options:
+        raise ValueError(f"model must be one of {tuple(options)}, got {p.model!r}")
+    return options[p.model]
 
 
 def _file_key(path: str) -> dict:
-    """A label file in a stage's key: its resolved path and its content's hash (an edited file reruns the stage)."""
+    """A label file in a stage's key: its content's hash (an edited file reruns the stage, a moved one does not)."""
     f = Path(path)
     if not f.is_file():
         raise FileNotFoundError(f"--attrs {path}: no such file (CelebA's list_attr_celeba.txt or a CSV of labels)")
-    return {"path": str(f.resolve()), "sha256": hashlib.sha256(f.read_bytes()).hexdigest()[:16]}
+    return {"sha256": hashlib.sha256(f.read_bytes()).hexdigest()[:16]}
 
 
 def stage_keys(p: Profile) -> dict[str, str]:

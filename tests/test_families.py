@@ -218,3 +218,25 @@ def test_a_feed_resident_on_the_device_trains_exactly_as_the_host_feed(cache_run
     mb, _ = load_checkpoint(b / "checkpoints" / "last.pt")
     for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+def test_a_resume_keeps_the_familys_loss_weights_and_the_cli_refuses_stray_ones(cache_run, tmp_path):
+    from cli import main
+
+    run = fresh(cache_run, tmp_path / "v")
+    mcfg = ModelConfig(family="vae", **TINY)
+    train(run, cfg(epochs=1, beta=4.0), mcfg, progress=False)
+    with pytest.raises(ValueError, match="trained with --beta 4, this --resume asks for 1"):
+        train(run, cfg(epochs=2), resume=True, progress=False)
+    # the command line takes the family and its weights from the checkpoint
+    assert main(["-q", "train", "--run", str(run), "--epochs", "2", "--resume", "--device", "cpu",
+                 "--batch-size", "32"]) == 0
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["train"]["beta"] == 4.0 and ckpt["config"]["model"]["family"] == "vae"
+    for argv, said in ((["--resume", "--model", "rae"], "is of family vae"),
+                       (["--resume", "--z-reg", "2"], "--z-reg applies to --model rae only"),
+                       (["--overwrite", "--beta", "2"], "--beta applies to --model vae only")):
+        assert main(["train", "--run", str(run), "--epochs", "3", "--device", "cpu", *argv]) == 2, argv
+        assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2, argv  # untouched
+    assert main(["run", "--run", str(tmp_path / "r"), "--z-reg", "2"]) == 2
+    assert not (tmp_path / "r" / "images.zarr").exists() and not (tmp_path / "r" / "pipeline.json").exists()

@@ -8,6 +8,7 @@ from engine.config import config_from_dict
 
 
 FAMILIES = ("ae", "vae", "rae")  # plain autoencoder (the study's), variational, regularised (Ghosh et al. 2020)
+FAMILY_TERMS = {"ae": (), "vae": ("beta",), "rae": ("z_reg", "decoder_l2")}  # the TrainConfig weights each uses
 
 
 @dataclass

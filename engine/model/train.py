@@ -55,7 +55,7 @@ from engine.model.checkpoint import (
     set_rng_state,
     settle_replaced,
 )
-from engine.model.config import RANK_TIMEOUT_S, ModelConfig, TrainConfig
+from engine.model.config import FAMILY_TERMS, RANK_TIMEOUT_S, ModelConfig, TrainConfig
 from engine.model.precision import resolve_precision
 from engine.model.ranks import (
     Ranks,
@@ -345,6 +345,8 @@ def train(
             raise ValueError(f"--batch-size {cfg.batch_size} does not split over {ranks.world} ranks: pass a multiple "
                              f"of {ranks.world} (it is the global batch; each rank takes batch-size / ranks)")
         ckpt, mcfg = _settle_dirs(run, cache, mcfg, model_config is not None, resume, overwrite, ranks)
+        if ckpt is not None:
+            _check_family_terms(ckpt, cfg, mcfg, run)
         try:
             entry = _train_prepared(run, cache, cfg, mcfg, ckpt, progress and ranks.main, ranks, device)
         except BaseException:
@@ -355,6 +357,17 @@ def train(
             settle_replaced(run, finished=True)
         barrier(ranks)
     return entry
+
+
+def _check_family_terms(ckpt: dict, cfg: TrainConfig, mcfg: ModelConfig, run: Path) -> None:
+    """A resumed training keeps its family's loss weights: a change would silently train another objective."""
+    saved = ckpt["config"].get("train", {})
+    for name in FAMILY_TERMS[mcfg.family]:
+        was, now = saved.get(name, getattr(TrainConfig, name)), getattr(cfg, name)
+        if was != now:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{run} was trained with {flag} {was:g}, this --resume asks for {now:g}: resume with "
+                             f"{flag} {was:g}, or start over with --overwrite")
 
 
 def _settle_dirs(run: Path, cache, mcfg: ModelConfig, explicit_model: bool, resume: bool, overwrite: bool,
