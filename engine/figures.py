@@ -57,12 +57,16 @@ def save_image_grid(path: str | os.PathLike, images: np.ndarray, ncols: int, sca
     image_grid(images, ncols, scale=scale).save(path)
 
 
-def save_loss_curve(path: str | os.PathLike, history: list[dict], loss_name: str) -> None:
-    """Train and validation loss per epoch from the training log."""
+def save_loss_curve(path: str | os.PathLike, history: list[dict], loss_name: str, latent_term: str | None = None
+                    ) -> None:
+    """Train and validation loss per epoch from the training log. ``latent_term``: the name of the latent term a
+    vae or rae adds to the training objective (the validation loss is the reconstruction alone)."""
     epochs = [h["epoch"] for h in history]
     fig, ax = subplots(figsize=(6, 4), dpi=100)
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
+    label = "train" if latent_term is None else f"train objective (reconstruction + {latent_term})"
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label=label)
+    ax.plot(epochs, [h["val_loss"] for h in history], "s-",
+            label="validation" if latent_term is None else "validation reconstruction")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(f"{loss_name.upper()} loss per pixel")

@@ -89,6 +89,14 @@ def test_bad_calls_are_clear_errors(two_runs, tmp_path):
         contrast([two_runs[0], two_runs[0]], tmp_path / "out")
     with pytest.raises(ValueError, match="is one of the runs"):
         contrast(two_runs, two_runs[0])
+    busy = tmp_path / "busy"
+    (busy / "figures").mkdir(parents=True)
+    (busy / "figures" / "mine.png").write_bytes(b"not the contrast's")
+    with pytest.raises(ValueError, match="holds files that no contrast wrote"):
+        contrast(two_runs, busy)
+    assert (busy / "figures" / "mine.png").exists()
+    contrast(two_runs, tmp_path / "again")
+    contrast(two_runs, tmp_path / "again")  # a contrast's own folder is replaced
     empty = [tmp_path / "e1", tmp_path / "e2"]
     for e in empty:
         e.mkdir()

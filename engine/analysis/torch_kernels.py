@@ -2,7 +2,8 @@
 
 ``knn_device`` / ``knn_graph_device``: the graph of a cloud and queries against it.
 
-The same graph as the CPU self-join (``kernels.selfjoin``): for a tile of query rows Q against base rows B,
+The same graph as the CPU self-join (``kernels.selfjoin``), up to float32 rounding of near ties (the sums run in
+another order): for a tile of query rows Q against base rows B,
 one fp32 matmul gives ``|q|^2 + |b|^2 - 2 q.b`` (the formula FAISS and the self-join use), a point is masked
 out of its own list, and every row keeps the k candidates smallest in (squared distance, row index), so equal
 distances go to the lower index whatever the tile order. Exact selection at a tile's boundary: ``topk`` finds
@@ -63,9 +64,12 @@ def _select(d2: torch.Tensor, cols: torch.Tensor, k: int) -> tuple[torch.Tensor,
     below = d2 < kth
     equal = d2 == kth
     need = k - below.sum(dim=1, keepdim=True)
-    keep = below | (equal & (torch.cumsum(equal, dim=1) <= need))
-    r, c = keep.nonzero(as_tuple=True)  # row-major: each row's k kept columns, in column order
-    c = c.view(len(d2), k)
+    keep = below | (equal & (torch.cumsum(equal, dim=1, dtype=torch.int32) <= need))
+    # the k kept columns of each row, ascending, without a host sync (nonzero() would wait on the device): the
+    # largest k of (C - column) where kept, 0 elsewhere
+    n_cols = d2.shape[1]
+    rank = torch.where(keep, torch.arange(n_cols, 0, -1, device=d2.device, dtype=torch.int32), 0)
+    c = torch.topk(rank, k, dim=1, sorted=True).indices
     return torch.gather(d2, 1, c), cols[c]
 
 

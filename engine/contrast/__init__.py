@@ -16,6 +16,12 @@ verdict. Each judged row says ``holds`` (in every run) or ``differs``, by ``RULE
 * a number without an interval holds when its spread, max - min, is at most ``TOLERANCE`` (10%) of the
   largest magnitude among the runs.
 
+Two cautions across families. The samplers marked *absolute scale* (``uniform``, ``origin``, ``prior``) put
+z-points at fixed coordinates, while a vae's KL pulls its latents toward unit scale, an rae's penalty shrinks
+them and an ae's scale is arbitrary: a difference there may be one of scale, not of structure. And a vae's
+rows describe the posterior means ``z`` that ``encode`` writes, not draws from the posterior; components the
+KL collapsed show as narrow ones.
+
 Settings are shown, not judged. A row whose stage did not run in some run is ``not run`` there and is judged
 on the runs that have it, when at least two do. A finding that holds across families and seeds is a property
 of the data; one that holds in one run of one model is reported as such.

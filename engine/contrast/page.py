@@ -49,6 +49,9 @@ def contrast(runs: list[str | os.PathLike], out: str | os.PathLike) -> dict:
     out = Path(out)
     if any(out.resolve() == p.resolve() for p in paths):
         raise ValueError(f"--out {out} is one of the runs: give a folder of its own")
+    if out.is_dir() and any(out.iterdir()) and not (out / "contrast.json").exists():
+        raise ValueError(f"--out {out} holds files that no contrast wrote: give a new or empty folder (a contrast "
+                         f"replaces its figures/)")
     labels = _labels(paths)
     outputs = [run_outputs(p) for p in paths]
     if all(o["stats"] is None and o["compare"] is None for o in outputs):

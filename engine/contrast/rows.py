@@ -13,6 +13,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+# samplers whose z-points do not scale with the cloud (uniform in [-1.5, 1.5], the origin and spheres of radius
+# 0.5-2 around it, N(0, I)): across families whose latents differ in scale they probe different places
+ABSOLUTE_SAMPLERS = ("uniform", "origin", "prior")
 TOLERANCE = 0.10  # a number without an interval holds when max - min <= 10% of the largest magnitude
 RULE = ("a rate with a 95% interval holds when the intervals of all runs share a point; a verdict or a count holds "
         f"when it is the same in every run; a number without an interval holds when max - min is at most "
@@ -85,7 +88,8 @@ def _settings(o: dict) -> list[tuple[str, dict | None]]:
     train = (o["train"] or {}).get("train", {})
     kind = (o["latents"].get("source") or {}).get("kind")
     family = model.get("family", "ae") if model else ("imported" if kind == "imported" else None)
-    extra = {"vae": f" (beta {train.get('beta', 1.0):g})", "rae": f" (z_reg {train.get('z_reg', 1.0):g})"}
+    extra = {"vae": f" (beta {train.get('beta', 1.0):g})",
+             "rae": f" (z_reg {train.get('z_reg', 1.0):g}, decoder L2 {train.get('decoder_l2', 1e-4):g})"}
     val = [h["val_loss"] for h in o["log"] if "val_loss" in h]
     return [("family", setting(None if family is None else family + extra.get(family, ""))),
             ("z_dim", setting(o["latents"].get("z_dim"))), ("seed", setting(train.get("seed"))),
@@ -138,7 +142,8 @@ def _faces(cj: dict | None, fj: dict | None, samplers: list[str]) -> list[tuple[
     rows = []
     for name in samplers:
         m = ((cj or {}).get("samplers") or {}).get(name)
-        rows.append((f"face rate: {name}", None if m is None else interval(m["face_rate"], *m["face_rate_ci"])))
+        label = f"face rate: {name}" + (" (absolute scale)" if name in ABSOLUTE_SAMPLERS else "")
+        rows.append((label, None if m is None else interval(m["face_rate"], *m["face_rate_ci"])))
     v = (fj or {}).get("verdict")
     rows.append(("face map: what explains non-faces", None if v is None else verdict(v["explains"], v["explains"])))
     q = (v or {}).get("quality")

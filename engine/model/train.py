@@ -503,4 +503,6 @@ def _write_epoch(loop: _Loop, net: Autoencoder, entry: dict, history: list[dict]
         copy_checkpoint(loop.last_path, loop.best_path)
     with open(out_dir / "log.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
-    save_loss_curve(out_dir / "loss.png", history, cfg.loss)
+    family = net.config.family
+    save_loss_curve(out_dir / "loss.png", history, cfg.loss,
+                    {"ae": None, "vae": f"{cfg.beta:g} x KL", "rae": f"{cfg.z_reg:g} x |z|^2/2"}[family])
