@@ -4,8 +4,8 @@
 RUN/images.zarr      prepare     images uint8 (N, S, S, 3), ids, split
 RUN/checkpoints/     train       last.pt, best.pt
 RUN/train/           train       config.json, log.jsonl, figures
-RUN/latents.zarr     encode      z float32 (N, D), ids, split, recon_mse; later pca, knn_*, local_*
-RUN/stats/ structure/ tsne/ generate/ report/   one folder per later stage
+RUN/latents.zarr     encode      z float32 (N, D), ids, split, recon_mse (a vae: logvar); later pca, knn_*, local_*
+RUN/stats/ structure/ tsne/ attributes/ generate/ facemap/ report/   one folder per later stage
 ```
 
 No heavy imports: the command line, the pipeline and every layer use these paths.

@@ -193,6 +193,8 @@ def test_compare_adds_the_prior_sampler_for_a_vae_only(trained, tmp_path):
     latents(run)
     res = compare(run, n=20, device="cpu", progress=False, samplers=None)
     assert list(res["samplers"]) == [*SAMPLERS, "prior"]
+    latents(trained["ae"])
+    assert "prior" not in compare(trained["ae"], n=20, device="cpu", progress=False)["samplers"]
     assert (run / "generate" / "prior" / "images.npy").exists()
     json.loads((run / "generate" / "compare.json").read_text())["samplers"]["prior"]
 

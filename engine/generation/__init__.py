@@ -1,8 +1,9 @@
 r"""From z-points back to images: samplers, decoding, paths, the judge, compare and the face map.
 
 Every decoded image is judged by an independent detector (OpenCV's Haar cascade, ``zspace judge``), not by
-the model that made it; distances to the data use the exact FAISS index of the training latents
-(``engine.generation.cloud``), so ``compare`` and ``facemap`` speak of the same distances.
+the model that made it; distances to the data are exact searches of the training latents
+(``engine.generation.cloud``: a FAISS flat index on a CPU, blocked fp32 torch when decoding runs on a GPU), so
+``compare`` and ``facemap`` speak of the same distances.
 
 ``zspace generate --run DIR --sampler NAME [--n 64] [--seed 0]``: draws z-points from a sampler fitted to the
 latents and decodes them with the run's best checkpoint into ``DIR/generate/NAME/`` (grid.png, z.npy,
@@ -10,7 +11,7 @@ images.npy, sampler.json). Samplers: ``uniform`` (every component in [-1.5, 1.5]
 random vectors), ``box`` (each component within its mean +- 2 sigma), ``gauss`` (independent fitted normals),
 ``mvn`` (full covariance), ``mvn-core`` (inside the median Mahalanobis radius), ``gmm`` (10 full-covariance
 components), ``origin`` (z = 0 and small spheres around it), ``data`` (latents of held-out test images: the
-reference reconstructions).
+reference reconstructions), ``prior`` (N(0, I): a vae's own sampler; compare adds it for a vae).
 
 ``zspace paths --run DIR [--axes I,J ...] [--pcs P,Q ...] [--angle 0] [--length 4] [--steps 9] [--between
 ID_A,ID_B] [--extend 0.5]``: decodes z-points on paths into ``DIR/generate/paths/``: the line from the origin
@@ -31,7 +32,7 @@ upside-down faces 35% (a weak negative control: Haar features are largely symmet
 ``zspace compare --run DIR [--n 1000] [--seed 0]``: runs every sampler and every path family with the same
 seed and judges the decoded images: face rate with its 95% interval, latent consistency (median distance a
 z-point moves when its image is re-encoded, in units of the cloud's spread), distance to the data (median
-distance to the nearest training latent, FAISS, over the typical nearest-neighbour distance among training
+distance to the nearest training latent, exact, over the typical nearest-neighbour distance among training
 latents), Mahalanobis radius over the data's, and sharpness against the reconstructions; with the judge's
 calibration (real test images, reconstructions, uniform and smoothed noise, upside-down faces). Writes
 ``DIR/generate/compare.json``, ``compare.md`` (the tables), ``compare.png`` and a grid per sampler.
@@ -43,7 +44,7 @@ directions and along the principal axes (both signs), decoded and judged: the fa
 Wilson bands (where the face region ends; whether it has a hole at the centre). Void depth at fixed radius:
 four probe families moved to exactly the median radius (draws of the fitted normal; training latents moved a
 uniform fraction toward such a draw; midpoints of near pairs, a latent and one of its 5 nearest; midpoints of
-random pairs), their void depth = distance to the nearest training latent (exact FAISS) over the typical
+random pairs), their void depth = distance to the nearest training latent (exact search) over the typical
 neighbour distance among training latents, in 8 equal-count bins with the face rate of each. A logistic model
 of P(face) on (radius ratio, depth) with bootstrap intervals, and a verdict by a rule written into
 ``facemap.json`` before the numbers (voids matter when the shallowest and deepest depth bins' intervals are

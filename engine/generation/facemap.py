@@ -14,7 +14,7 @@ a hole at the centre.
 Void depth at fixed radius. Every probe of these families is put at exactly the data's median
 Mahalanobis radius (moved along its ray from the centre), so radius cannot explain a
 difference between them. Its void depth is its distance to the nearest training latent
-(exact FAISS search) over the typical nearest-neighbour distance among training latents (the
+(exact search: FAISS on a CPU, torch on a GPU) over the typical nearest-neighbour distance among training latents (the
 median over up to 5,000 of them): below 1, nearer to the data than the data are to each other;
 far above 1, deep in a void. In 256 dimensions samples of the fitted normal cover only a narrow
 band of depths, so four families span the range:

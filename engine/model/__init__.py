@@ -13,7 +13,7 @@ encoder also gives a log-variance, trained by the reparameterisation trick on re
 N(0, I) (``encode`` writes the posterior mean as ``z`` and ``logvar`` beside it; ``compare`` adds the ``prior``
 sampler); ``rae`` (Ghosh et al. 2020), deterministic, with W x |z|^2/2 and an L2 penalty L/2 x |theta|^2 on the
 decoder's weights. The latent terms are per image and divided by its 3 S^2 pixel values, as the pixel loss is,
-so beta 1 is the ELBO per pixel. The checkpoint records the family and every later stage reads it; resume,
+so beta 1 with ``--loss bce`` is the negative ELBO per pixel (a Bernoulli decoder). The checkpoint records the family and every later stage reads it; resume,
 ``--nproc``, mixed precision and the divergence checks work alike for all three, and the validation loss is
 the reconstruction term alone, comparable across families.
 

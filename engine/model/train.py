@@ -505,4 +505,4 @@ def _write_epoch(loop: _Loop, net: Autoencoder, entry: dict, history: list[dict]
         f.write(json.dumps(entry) + "\n")
     family = net.config.family
     save_loss_curve(out_dir / "loss.png", history, cfg.loss,
-                    {"ae": None, "vae": f"{cfg.beta:g} x KL", "rae": f"{cfg.z_reg:g} x |z|^2/2"}[family])
+                    {"ae": None, "vae": f"{cfg.beta:g} x KL per pixel", "rae": f"{cfg.z_reg:g} x |z|^2/2 per pixel"}[family])
