@@ -7,8 +7,8 @@ Each sampler draws ``n`` z-points with the same seed; their decoded images are j
   consistency              median over samples of |E(D(z)) - z| / spread: how far decoding and
                            re-encoding moves a z-point, in units of the cloud's spread
                            sqrt(trace cov) (the RMS distance of a data point from the centre)
-  nn_distance_ratio        median distance of a sample to its nearest training latent (exact search,
-                           exact) / median nearest-neighbour distance among training latents
+  nn_distance_ratio        median distance of a sample to its nearest training latent (an exact search)
+                           / median nearest-neighbour distance among training latents
                            (1: as close to the data as the data are to each other)
   radius_ratio             median Mahalanobis radius of the samples / that of the training latents
                            (1: on the shell where the data live; 0: at the centre)
