@@ -108,7 +108,7 @@ def _stats(st: dict | None) -> list[tuple[str, dict | None]]:
         verdict(str(len(st["dominant"])), len(st["dominant"])),
         verdict(f"{'yes' if shell else 'no'} (min {r['min']:.1f}, peak {r['peak']:.1f})", shell),
         number(r["peak"] / r["expected"]),
-        verdict(str(st["pca"]["n_components_90"]), st["pca"]["n_components_90"]),
+        number(st["pca"]["n_components_90"]),
         number(st["normality"]["full"]["ks_distance"]),
     ]))
 
