@@ -75,7 +75,7 @@ def stage_attributes(ctx) -> list[Row]:
             linear_readout(z, y, folds), point_biserial(z, y), directions(z, y, fit, out["dominant"])
             dominant_test(z, y, out["dominant"], folds, SETS)
 
-    latent_side(x[: max(ROWS_PER_ATTRIBUTE, 20_000)], 1)  # warm-up: imports, BLAS threads
+    latent_side(x, 1)  # warm-up: imports, BLAS threads (one attribute)
     t_stage, peak = measure(lambda: latent_side(x, count), 1)
     dominant = out["dominant"]
 
