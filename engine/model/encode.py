@@ -232,7 +232,7 @@ def _encode_chunks(job: _Job, images, store: zarr.Group, progress: bool) -> None
             c = int(mine[step])
             start, stop = c * rows, min((c + 1) * rows, n)
             zs, mse, *logvar = encode_block(job.model, images[start:stop], job.dev, job.prec, job.batch_size)
-            finite = np.isfinite(zs).all(axis=1)
+            finite = np.isfinite(zs).all(axis=1) & (np.isfinite(logvar[0]).all(axis=1) if logvar else True)
             report = (c, stop - start, None if finite.all() else start + int(np.flatnonzero(~finite)[0]))
             if report[2] is None:
                 z_arr[start:stop], mse_arr[start:stop] = zs, mse
