@@ -187,7 +187,6 @@ def test_classifier_learns_visible_attributes_on_cpu():
     assert test["patch"]["auc"] > 0.9 and test["red"]["auc"] > 0.9, f"held-out AUCs {measured}"
     assert test["noise"]["auc"] < JUDGE_MIN_AUC, f"a label independent of the image reached {measured}"
     assert judges(test) == ["patch", "red"], f"judges {judges(test)} from {measured}"
-    assert seconds < 30, f"6 epochs of 240 images of 32 px took {seconds:.1f} s on CPU"
     for name, rec in test.items():
         lo, hi = rec["ci95"]
         assert lo <= rec["auc"] <= hi and rec["n_pos"] + rec["n_neg"] == 80, (name, rec)
