@@ -242,3 +242,12 @@ def test_a_resume_keeps_the_familys_loss_weights_and_the_cli_refuses_stray_ones(
         assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2, argv  # untouched
     assert main(["run", "--run", str(tmp_path / "r"), "--z-reg", "2"]) == 2
     assert not (tmp_path / "r" / "images.zarr").exists() and not (tmp_path / "r" / "pipeline.json").exists()
+
+
+@pytest.mark.parametrize("family", ["vae", "rae"])
+def test_mixed_precision_trains_every_family(cache_run, tmp_path, family):
+    """bf16 autocast (CUDA's default precision; on CPU here): the latent terms stay float32 and finite."""
+    run = fresh(cache_run, tmp_path / family)
+    last = train(run, cfg(epochs=1, precision="bf16"), ModelConfig(family=family, **TINY), progress=False)
+    assert np.isfinite(last["train_loss"]) and np.isfinite(last["val_loss"]), last
+    assert json.loads((run / "train" / "config.json").read_text())["precision"] == "bf16"
