@@ -261,13 +261,13 @@ def _train_epoch(model, opt, scaler, precision, feed: BatchFeed, epoch: int, cfg
     """One pass over the train feed: (mean loss, images seen by all ranks, seconds); ``TrainingDiverged`` on a
     non-finite loss (on any rank: every rank sees the sum, so all stop together)."""
     model.train()
-    weight = latent_weight(cfg, unwrap(model).config.family)
+    net = unwrap(model)
+    weight = latent_weight(cfg, net.config.family)
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     seen = 0
     bar = tqdm(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
                disable=None if progress else True, leave=False)
-    net = unwrap(model)
     for step, batch in enumerate(bar):
         eps = (vae_noise(cfg.seed, epoch, step, cfg.batch_size, net.config.z_dim, ranks, device)
                if net.config.family == "vae" else None)
