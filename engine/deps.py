@@ -86,3 +86,20 @@ def _first_line(exc: BaseException) -> str:
 
 
 __all__ = ["CASCADE", "DependencyError", "explain_import_error", "face_detector"]
+
+
+EXPLORE_FIX = "pip install 'zspace[explore]' (Bokeh >= 3.4, whose BokehJS the page carries)"
+
+
+def bokeh_version() -> str:
+    """The installed Bokeh's version, which the explore page draws with; ``DependencyError`` when it is missing or
+    older than 3.4 (WebGL scatter with typed-array columns, hover callbacks)."""
+    try:
+        import bokeh
+    except ImportError:
+        raise DependencyError(f"the explore page needs Bokeh, which is not installed: {EXPLORE_FIX}") from None
+    version = getattr(bokeh, "__version__", "0")
+    major, minor = (int(x) for x in re.findall(r"\d+", version)[:2])
+    if (major, minor) < (3, 4):
+        raise DependencyError(f"the explore page needs Bokeh >= 3.4, found {version}: {EXPLORE_FIX}")
+    return version

@@ -1,0 +1,434 @@
+// zspace explore: fills the Bokeh plots from data.js, switches layouts and colours, shows each point's face on
+// hover, and decodes z-points in the page (paths, mean faces) with a port of the run's decoder (decoder.js).
+// Everything loads from this folder by <script> and <img>: the page works from disk, with no server.
+(function () {
+  "use strict";
+  const D = window.ZSPACE_DATA, DEC = window.ZSPACE_DECODER, M = D.meta;
+  const CATEGORICAL = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+  const PATH_STEPS = 8, SHOWN_NEIGHBOURS = 12;
+  const $ = (id) => document.getElementById(id);
+
+  // ---- arrays: base64 of little-endian typed arrays ----
+  function bytes(b64) {
+    const bin = atob(b64), u8 = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) u8[i] = bin.charCodeAt(i);
+    return u8.buffer;
+  }
+  const HALF = (function () {  // float16 bit pattern -> float32
+    const t = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) {
+      const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, f = h & 0x3ff;
+      t[h] = e === 0 ? s * f * 2 ** -24 : e === 31 ? (f ? NaN : s * Infinity) : s * (1 + f / 1024) * 2 ** (e - 15);
+    }
+    return t;
+  })();
+  function arr(a) {
+    if (a == null) return null;
+    const buf = bytes(a.b64);
+    switch (a.dtype) {
+      case "f4": return new Float32Array(buf);
+      case "i4": return new Int32Array(buf);
+      case "i1": return new Int8Array(buf);
+      case "u2": return new Uint16Array(buf);
+      case "f2": { const u = new Uint16Array(buf), out = new Float32Array(u.length);
+        for (let i = 0; i < u.length; i++) out[i] = HALF[u[i]]; return out; }
+    }
+    throw new Error("unknown dtype " + a.dtype);
+  }
+  function column(a2d, ncol, j) {  // column j of a row-major (n, ncol) array
+    const n = a2d.length / ncol, out = new Float32Array(n);
+    for (let i = 0; i < n; i++) out[i] = a2d[i * ncol + j];
+    return out;
+  }
+
+  // ---- seeded normal draws for the null model on the PCA and dominant planes ----
+  function mulberry32(seed) {
+    return function () {
+      seed |= 0; seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+  }
+  function normals(n, seed) {  // Box-Muller
+    const r = mulberry32(seed), out = new Float32Array(n);
+    for (let i = 0; i < n; i += 2) {
+      const u = 1 - r(), v = r(), m = Math.sqrt(-2 * Math.log(u));
+      out[i] = m * Math.cos(2 * Math.PI * v);
+      if (i + 1 < n) out[i + 1] = m * Math.sin(2 * Math.PI * v);
+    }
+    return out;
+  }
+
+  // ---- the decoder: dense layer, transposed convolutions (batch norm folded in), activations; HWC layout ----
+  const decoder = DEC && (function () {
+    const dw = arr(DEC.dense_w), db = arr(DEC.dense_b);
+    const layers = DEC.layers.map((l) => ({ ...l, w: arr(l.w), b: arr(l.b) }));
+    return { dw, db, layers };
+  })();
+  function decode(z) {  // z: Float32Array (z_dim) -> Float32Array (size * size * 3) in [0, 1], HWC
+    const D0 = DEC.z_dim, side = DEC.side, C = DEC.channels, leak = DEC.leak;
+    let H = side, W = side, cin = C, h = new Float32Array(side * side * C);
+    for (let f = 0; f < side * side * C; f++) {  // dense output is (c, y, x); stored here as (y, x, c)
+      let s = decoder.db[f];
+      const row = f * D0;
+      for (let d = 0; d < D0; d++) s += decoder.dw[row + d] * z[d];
+      const c = Math.floor(f / (side * side)), p = f % (side * side);
+      h[p * C + c] = s;
+    }
+    for (const L of decoder.layers) {
+      const k = L.k, s = L.stride, pad = L.pad, cout = L.cout, Ho = H * s, Wo = W * s;
+      const out = new Float32Array(Ho * Wo * cout);
+      for (let p = 0; p < Ho * Wo; p++) out.set(L.b, p * cout);
+      for (let iy = 0; iy < H; iy++) for (let ix = 0; ix < W; ix++) {
+        const ibase = (iy * W + ix) * cin;
+        for (let ci = 0; ci < cin; ci++) {
+          const v = h[ibase + ci];
+          if (v === 0) continue;
+          for (let ky = 0; ky < k; ky++) {
+            const oy = iy * s - pad + ky;
+            if (oy < 0 || oy >= Ho) continue;
+            for (let kx = 0; kx < k; kx++) {
+              const ox = ix * s - pad + kx;
+              if (ox < 0 || ox >= Wo) continue;
+              const wb = ((ci * k + ky) * k + kx) * cout, ob = (oy * Wo + ox) * cout;
+              for (let co = 0; co < cout; co++) out[ob + co] += v * L.w[wb + co];
+            }
+          }
+        }
+      }
+      if (L.act === "leaky") { for (let i = 0; i < out.length; i++) if (out[i] < 0) out[i] *= leak; }
+      else { for (let i = 0; i < out.length; i++) out[i] = 1 / (1 + Math.exp(-out[i])); }
+      h = out; H = Ho; W = Wo; cin = cout;
+    }
+    return h;
+  }
+  function drawDecoded(canvas, img) {  // img: HWC floats in [0, 1]
+    const S = DEC.size, ctx = canvas.getContext("2d"), im = ctx.createImageData(S, S);
+    for (let p = 0; p < S * S; p++) {
+      for (let c = 0; c < 3; c++) im.data[p * 4 + c] = Math.round(img[p * 3 + c] * 255);
+      im.data[p * 4 + 3] = 255;
+    }
+    canvas.width = S; canvas.height = S;
+    ctx.putImageData(im, 0, 0);
+  }
+
+  // ---- latents and neighbours, one script per chunk, loaded on demand ----
+  const chunks = new Map(), pending = new Map();
+  const CHUNK = M.chunk;
+  function chunk(c, z, nb) {
+    const zz = arr(z), nn = arr(nb);
+    chunks.set(c, { z: zz, nb: nn, k: nb.shape[1] });
+    const p = pending.get(c);
+    if (p) { p.resolve(); pending.delete(c); }
+  }
+  function loadChunk(c) {
+    if (chunks.has(c)) return Promise.resolve();
+    if (pending.has(c)) return pending.get(c).promise;
+    let resolve, reject;
+    const promise = new Promise((a, b) => { resolve = a; reject = b; });
+    pending.set(c, { promise, resolve, reject });
+    const s = document.createElement("script");
+    s.src = "z/z_" + String(c).padStart(4, "0") + ".js";
+    s.onerror = () => { reject(new Error("could not load " + s.src)); pending.delete(c); };
+    document.head.appendChild(s);
+    return promise;
+  }
+  async function latents(indices) {  // page positions -> array of Float32Array (z_dim)
+    const need = [...new Set(indices.map((i) => Math.floor(i / CHUNK)))];
+    await Promise.all(need.map(loadChunk));
+    const d = M.d;
+    return indices.map((i) => { const ch = chunks.get(Math.floor(i / CHUNK)), r = i % CHUNK;
+      return ch.z.subarray(r * d, (r + 1) * d); });
+  }
+  async function neighbours(i) {
+    await loadChunk(Math.floor(i / CHUNK));
+    const ch = chunks.get(Math.floor(i / CHUNK)), r = i % CHUNK;
+    return Array.from(ch.nb.subarray(r * ch.k, (r + 1) * ch.k)).filter((j) => j >= 0 && j !== i);
+  }
+
+  // ---- the page's data ----
+  const N = M.n, ids = D.ids;
+  const layouts = {};
+  const L = {};
+  for (const [k, v] of Object.entries(D.layouts)) L[k] = { data: arr(v), cols: v.shape[1] };
+  const colours = D.colours.map((c) => ({ ...c, values: arr(c.values) }));
+  const byName = Object.fromEntries(colours.map((c) => [c.name, c]));
+  const labels = arr(D.labels), A = D.attributes.length;
+  const probes = Object.fromEntries(Object.entries(D.probes).map(([k, v]) => [k, { data: arr(v), cols: v.shape[1] || 1 }]));
+  const nullN = M.null_n, g1 = normals(nullN, M.seed * 2 + 1), g2 = normals(nullN, M.seed * 2 + 2);
+  if (L.tsne) layouts.tsne = { label: "t-SNE map", pcs: false };
+  layouts.pca = { label: "PCA plane", pcs: true };
+  layouts.dominant = { label: `dominant components z[${M.dominant[0]}] x z[${M.dominant[1]}]`, pcs: false };
+
+  function coords(name, i, j) {  // {x, y, nx, ny, px, py}: data, null and probe coordinates of a layout
+    if (name === "tsne") {
+      const nl = L.tsne_null;
+      return { x: column(L.tsne.data, 2, 0), y: column(L.tsne.data, 2, 1),
+               nx: nl ? column(nl.data, 2, 0) : new Float32Array(0), ny: nl ? column(nl.data, 2, 1) : new Float32Array(0),
+               px: null, py: null };
+    }
+    if (name === "pca") {
+      const v = M.pca_variance, nx = new Float32Array(nullN), ny = new Float32Array(nullN);
+      const sx = Math.sqrt(v[i]), sy = Math.sqrt(v[j]);
+      for (let t = 0; t < nullN; t++) { nx[t] = sx * g1[t]; ny[t] = sy * g2[t]; }
+      const P = probes.pca;
+      return { x: column(L.pca.data, L.pca.cols, i), y: column(L.pca.data, L.pca.cols, j), nx, ny,
+               px: P ? column(P.data, P.cols, i) : null, py: P ? column(P.data, P.cols, j) : null };
+    }
+    // dominant: the fitted normal's 2 x 2 marginal, drawn through its Cholesky factor
+    const m = M.dominant_mean, c = M.dominant_cov, a = Math.sqrt(c[0][0]), b = c[1][0] / a,
+          e = Math.sqrt(Math.max(c[1][1] - b * b, 0));
+    const nx = new Float32Array(nullN), ny = new Float32Array(nullN);
+    for (let t = 0; t < nullN; t++) { nx[t] = m[0] + a * g1[t]; ny[t] = m[1] + b * g1[t] + e * g2[t]; }
+    const P = probes.dominant;
+    return { x: column(L.dominant.data, 2, 0), y: column(L.dominant.data, 2, 1), nx, ny,
+             px: P ? column(P.data, 2, 0) : null, py: P ? column(P.data, 2, 1) : null };
+  }
+
+  // ---- Bokeh models and views ----
+  let doc = null;
+  const model = (name) => doc.get_model_by_name(name);
+  const view = (m) => window.Bokeh.index.find_one(m);
+  const state = { layout: null, pcx: 0, pcy: 1, colour: null, x: null, y: null, hovered: null, thumb: null,
+                  clicked: [], selection: [], busy: 0, errors: [] };
+
+  function setLayout(name, i, j) {
+    state.layout = name;
+    if (i != null) state.pcx = i;
+    if (j != null) state.pcy = j;
+    const c = coords(name, state.pcx, state.pcy);
+    state.x = c.x; state.y = c.y; state.px = c.px; state.py = c.py;
+    const src = model("points_source");
+    src.data = { x: c.x, y: c.y, c: currentColour() };
+    model("null_source").data = { x: c.nx, y: c.ny };
+    updateProbes();
+    $("pc-axes").style.display = layouts[name].pcs ? "" : "none";
+    for (const m of ["map", "null_map"]) { const v = view(model(m)); if (v) v.reset_range(); }
+    model("map").title.text = "data: " + layouts[name].label + (name === "pca" ? ` PC${state.pcx + 1} x PC${state.pcy + 1}` : "");
+    model("null_map").title.text = "null (fitted normal): " + (name === "tsne" ? "its t-SNE map" : "draws, same plane");
+    clearHighlight();
+    status();
+  }
+  function currentColour() {
+    const c = byName[state.colour];
+    if (!c) return new Float32Array(N).fill(NaN);
+    return c.values;
+  }
+  function updateProbes() {
+    const on = state.colour === "void_depth", r = model("probes");
+    const has = on && state.px != null;
+    r.visible = has;
+    model("probes_source").data = has ? { x: state.px, y: state.py, c: probes.depth.data }
+                                      : { x: [], y: [], c: [] };
+  }
+  function setColour(name) {
+    state.colour = name;
+    const mapper = model("mapper");
+    if (name === "void_depth") {
+      const d = probes.depth.data, s = Array.from(d).sort((a, b) => a - b);
+      mapper.palette = viridis; mapper.low = s[Math.floor(0.01 * (s.length - 1))]; mapper.high = s[Math.floor(0.99 * (s.length - 1))];
+      model("points_source").data = { ...model("points_source").data, c: new Float32Array(N).fill(NaN) };
+      updateProbes();
+      legend({ label: "void depth of face-map probes", low: mapper.low, high: mapper.high, categories: null,
+               note: state.px == null ? "probes are drawn on the PCA and dominant planes (a t-SNE map has no exact place for new points)" : "" });
+      return;
+    }
+    const c = byName[name];
+    if (c.categories) {
+      mapper.palette = CATEGORICAL.slice(0, c.categories.length); mapper.low = -0.5; mapper.high = c.categories.length - 0.5;
+    } else { mapper.palette = viridis; mapper.low = c.low; mapper.high = c.high; }
+    model("points_source").data = { ...model("points_source").data, c: c.values };
+    updateProbes();
+    legend(c);
+  }
+  let viridis = null;
+  function legend(c) {
+    const el = $("legend");
+    let body;
+    if (c.categories) {
+      const counts = new Array(c.categories.length).fill(0), v = c.values;
+      for (let i = 0; i < v.length; i++) if (v[i] >= 0) counts[v[i]]++;
+      body = '<ul class="swatches">' + c.categories.map((k, t) =>
+        `<li><span class="sw" style="background:${CATEGORICAL[t]}"></span>${esc(k)} <small>(${counts[t].toLocaleString()})</small></li>`).join("") +
+        '<li><span class="sw" style="background:#c8c8c8"></span>no value</li></ul>';
+    } else {
+      const stops = [0, 0.25, 0.5, 0.75, 1].map((f) => viridis[Math.round(f * (viridis.length - 1))]).join(",");
+      body = `<div class="bar" style="background:linear-gradient(to right,${stops})"></div>` +
+             `<div class="ends"><span>${fmt(c.low)}</span><span>${fmt(c.high)}</span></div>`;
+    }
+    el.innerHTML = `<h2>colour: <span id="legend-title">${esc(c.label)}</span></h2>${body}` +
+                   (c.note ? `<p class="hint">${esc(c.note)}</p>` : "");
+  }
+  const esc = (s) => String(s).replace(/[&<>"]/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[ch]);
+  const fmt = (v) => (v == null || !isFinite(v)) ? "-" : Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toPrecision(3);
+
+  // ---- thumbnails: atlas sprites ----
+  const T = M.thumb, PER = M.atlas, SHOW = 64;
+  function sprite(el, kind, i) {
+    if (kind === "img" && !M.images) { el.style.backgroundImage = "none"; el.title = "no image cache in this run"; return null; }
+    const a = Math.floor(i / (PER * PER)), t = i % (PER * PER), col = t % PER, row = Math.floor(t / PER);
+    const src = `thumbs/${kind}_${String(a).padStart(4, "0")}.jpg`, f = SHOW / T;
+    el.style.backgroundImage = `url("${src}")`;
+    el.style.backgroundPosition = `${-col * SHOW}px ${-row * SHOW}px`;
+    el.style.backgroundSize = `${PER * T * f}px auto`;
+    return { src, col, row, tile: T };
+  }
+
+  // ---- hover ----
+  function hover(cb) {
+    const ind = cb.index && cb.index.indices;
+    if (!ind || ind.length === 0) return;
+    let best = ind[0];
+    if (ind.length > 1 && cb.geometry) {
+      let bd = Infinity;
+      for (const i of ind) { const dx = state.x[i] - cb.geometry.x, dy = state.y[i] - cb.geometry.y, d = dx * dx + dy * dy;
+        if (d < bd) { bd = d; best = i; } }
+    }
+    showPoint(best);
+  }
+  function showPoint(i) {
+    if (state.hovered === i) return;
+    state.hovered = i;
+    state.thumb = sprite($("hover-img"), "img", i);
+    sprite($("hover-rec"), "rec", i);
+    const rows = [["id", ids[i]]];
+    for (const name of ["radius", "mahalanobis", "local_dim", "recon_mse"]) {
+      if (byName[name]) rows.push([byName[name].label, fmt(byName[name].values[i])]);
+    }
+    if (byName.split) rows.push(["split", byName.split.categories[byName.split.values[i]] || "-"]);
+    $("hover-info").innerHTML = rows.map(([k, v]) => `<dt>${esc(k)}</dt><dd${k === "id" ? ' id="hover-id"' : ""}>${esc(v)}</dd>`).join("");
+  }
+
+  // ---- click and selection ----
+  function clearHighlight() { model("highlight_source").data = { x: [], y: [], kind: [] }; }
+  function highlight(list) {
+    model("highlight_source").data = { x: list.map((i) => state.x[i]), y: list.map((i) => state.y[i]), kind: list.map(() => "n") };
+  }
+  function select(indices) { state.selection = Array.from(indices); }  // Bokeh updates it, then says how
+  function nearest(list, x, y) {
+    let best = -1, bd = Infinity;
+    for (const i of list) { const dx = state.x[i] - x, dy = state.y[i] - y, d = dx * dx + dy * dy;
+      if (d < bd) { bd = d; best = i; } }
+    return best;
+  }
+  // after each selection Bokeh reports its geometry: a point (tap; shift-tap appends) or a box or lasso
+  async function geometry(g, final) {
+    if (final === false) return;
+    const token = ++state.busy;
+    try {
+      if (g.type === "point") {
+        const hit = nearest(state.selection, g.x, g.y);
+        if (hit < 0) { state.clicked = []; clearHighlight(); $("neighbours").innerHTML = ""; $("path").innerHTML = ""; return; }
+        state.clicked = state.shift && state.clicked.length === 1 && state.clicked[0] !== hit ? [state.clicked[0], hit] : [hit];
+        model("points_source").selected.indices = state.clicked.slice();
+        await clicked(state.clicked, token);
+      } else {
+        if (state.selection.length === 0) { $("selection-info").innerHTML = "<p>nothing selected</p>"; return; }
+        await summary(state.selection, token);
+      }
+    } catch (err) { state.errors.push(String(err)); $("status").textContent = "error: " + err.message; }
+  }
+  async function clicked(sel, token) {
+    const a = sel[0];
+    let b = sel[1];
+    const nb = await neighbours(a);
+    if (token !== state.busy) return;
+    const shown = nb.slice(0, SHOWN_NEIGHBOURS);
+    highlight([a, ...shown]);
+    $("neighbours").innerHTML = `<h3>${shown.length} nearest in z of ${esc(ids[a])}</h3>` + shown.map((j) =>
+      `<div class="thumb" data-i="${j}" title="${esc(ids[j])}"></div>`).join("");
+    for (const el of $("neighbours").querySelectorAll(".thumb")) sprite(el, M.images ? "img" : "rec", +el.dataset.i);
+    if (b == null) b = shown.length ? shown[0] : null;
+    if (b == null) { $("path").innerHTML = "<p class=\"hint\">no neighbour on this map to walk to</p>"; return; }
+    const [za, zb] = await latents([a, b]);
+    if (token !== state.busy) return;
+    const box = $("path");
+    box.innerHTML = `<h3>decoded path ${esc(ids[a])} &rarr; ${esc(ids[b])} (${sel.length === 2 ? "second click" : "nearest"}), ${PATH_STEPS} steps</h3>`;
+    for (let s = 0; s < PATH_STEPS; s++) {
+      const t = s / (PATH_STEPS - 1), z = new Float32Array(M.d);
+      for (let d = 0; d < M.d; d++) z[d] = (1 - t) * za[d] + t * zb[d];
+      const cv = document.createElement("canvas");
+      cv.className = "decoded"; drawDecoded(cv, decode(z)); box.appendChild(cv);
+    }
+    state.path = [a, b];
+  }
+  async function summary(sel, token) {
+    const info = $("selection-info");
+    info.innerHTML = `<p><b id="selection-size">${sel.length.toLocaleString()}</b> points selected; decoding their mean latent...</p>`;
+    const zs = await latents(sel);
+    if (token !== state.busy) return;
+    const mean = new Float64Array(M.d);
+    for (const z of zs) for (let d = 0; d < M.d; d++) mean[d] += z[d];
+    const zm = new Float32Array(M.d);
+    for (let d = 0; d < M.d; d++) zm[d] = mean[d] / zs.length;
+    state.meanLatent = zm;
+    let rows = "";
+    for (let j = 0; j < A; j++) {
+      let pos = 0, lab = 0, allPos = 0, allLab = 0;
+      for (const i of sel) { const v = labels[i * A + j]; if (v >= 0) { lab++; pos += v; } }
+      for (let i = 0; i < N; i++) { const v = labels[i * A + j]; if (v >= 0) { allLab++; allPos += v; } }
+      rows += `<tr><td>${esc(D.attributes[j])}</td><td>${lab ? (100 * pos / lab).toFixed(1) + "%" : "-"}</td>` +
+              `<td>${allLab ? (100 * allPos / allLab).toFixed(1) + "%" : "-"}</td></tr>`;
+    }
+    info.innerHTML = `<p><b id="selection-size">${sel.length.toLocaleString()}</b> points selected</p>` +
+      `<figure><canvas id="mean-face" class="decoded"></canvas><figcaption>decoded from their mean latent</figcaption></figure>` +
+      (A ? `<table id="shares"><tr><th>attribute</th><th>selection</th><th>all</th></tr>${rows}</table>` : "");
+    drawDecoded($("mean-face"), decode(zm));
+  }
+
+  // ---- controls ----
+  function fillSelect(el, options, value) {
+    el.innerHTML = options.map(([v, t]) => `<option value="${esc(v)}">${esc(t)}</option>`).join("");
+    el.value = value;
+  }
+  function status() {
+    const rv = view(model("points"));
+    const webgl = !!(rv && rv.glyph && rv.glyph.has_webgl && rv.glyph.has_webgl());
+    state.webgl = webgl;
+    $("status").textContent = `${N.toLocaleString()} points` + (M.all_points ? " (every latent)" : ` of ${M.n_latents.toLocaleString()}`) +
+      ` · ${layouts[state.layout].label} · ${webgl ? "WebGL" : "canvas"}`;
+  }
+  function start() {
+    doc = window.Bokeh.documents.find((d) => d.get_model_by_name("points_source"));
+    viridis = model("mapper").palette.slice();
+    const names = Object.keys(layouts);
+    fillSelect($("layout"), names.map((k) => [k, layouts[k].label]), names[0]);
+    const pcs = [...Array(M.pcs).keys()].map((k) => [k, `PC${k + 1}`]);
+    fillSelect($("pcx"), pcs, 0); fillSelect($("pcy"), pcs, 1);
+    const opts = colours.map((c) => [c.name, c.label]);
+    if (probes.depth) opts.push(["void_depth", "void depth (face-map probes)"]);
+    const first = byName.radius ? "radius" : opts[0][0];
+    fillSelect($("colour"), opts, first);
+    state.colour = first;
+    setLayout(names[0]);
+    setColour(first);
+    $("layout").onchange = (e) => setLayout(e.target.value);
+    $("pcx").onchange = (e) => setLayout("pca", +e.target.value, null);
+    $("pcy").onchange = (e) => setLayout("pca", null, +e.target.value);
+    $("colour").onchange = (e) => setColour(e.target.value);
+    $("show-null").onchange = (e) => { $("map-null").style.display = e.target.checked ? "" : "none"; window.dispatchEvent(new Event("resize")); };
+    const missing = M.missing || [];
+    $("missing").textContent = missing.length ? "Not on this page: " + missing.join("; ") : "";
+    api.ready = true;
+    status();
+  }
+
+  // screen position (client pixels) of point i on the data map: for tests and for people scripting the page
+  function screenOf(i) {
+    const rv = view(model("points")), pv = view(model("map"));
+    const { x_scale, y_scale } = rv.coordinates;
+    const r = pv.canvas_view.events_el.getBoundingClientRect();
+    return { x: r.left + x_scale.compute(state.x[i]), y: r.top + y_scale.compute(state.y[i]) };
+  }
+
+  window.addEventListener("pointerdown", (e) => { state.shift = e.shiftKey; }, true);
+  const api = { ready: false, n: N, state, chunk, decode, latents, neighbours, hover, select, geometry, setLayout, setColour,
+                screenOf, showPoint, layouts: () => Object.keys(layouts), colours: () => colours.map((c) => c.name) };
+  window.zspace = api;
+  (function wait() {
+    const ok = window.Bokeh && window.Bokeh.documents && window.Bokeh.documents.some((d) => d.get_model_by_name("points_source"))
+      && view(window.Bokeh.documents.find((d) => d.get_model_by_name("points_source")).get_model_by_name("points"));
+    if (ok) start(); else setTimeout(wait, 30);
+  })();
+})();

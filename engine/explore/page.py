@@ -1,0 +1,150 @@
+"""``zspace explore``: RUN/explore/, a page that opens from disk and shows every point of the latent cloud.
+
+Drawn with Bokeh's WebGL backend (``output_backend="webgl"``): its scatter takes
+hundreds of thousands of points, and it brings pan, wheel zoom, hover, tap, box
+and lasso selection with a spatial index, all in BokehJS, which the page loads
+from two files copied out of the installed ``bokeh`` package (1.5 MB). The page's
+own script (``explore.js``, shipped with zspace) fills the plot's columns from
+``data.js``, switches layouts and colours, draws the legend, shows thumbnails on
+hover, and decodes z-points with a JavaScript port of the run's decoder: paths
+between any two points and the mean face of any selection are decoded in the
+page, live, with no server and nothing decoded ahead of time (the decoder is a
+dense layer and four transposed convolutions, about 10 MFLOP an image).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from engine.deps import bokeh_version
+from engine.explore.bundle import write_data, write_decoder, write_latents, write_thumbnails
+from engine.explore.columns import gather
+from engine.explore.config import ExploreConfig
+from engine.files import write_json_atomic, write_text_atomic
+from engine.generation.generate import load_model
+
+logger = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).parent / "assets"
+BOKEH_FILES = ("bokeh.min.js", "bokeh-gl.min.js")  # BokehJS core and its WebGL backend
+OURS = ("explore.js", "explore.css")
+
+
+def _bokeh_doc() -> tuple[str, str, str]:
+    """(script, map div, null map div) of the two linked WebGL plots, their columns empty (explore.js fills them)."""
+    from bokeh.embed import components
+    from bokeh.models import ColumnDataSource, CustomJS, HoverTool, LinearColorMapper
+    from bokeh.palettes import Viridis256
+    from bokeh.plotting import figure
+
+    tools = "pan,wheel_zoom,box_select,lasso_select,tap,reset"
+    common = dict(output_backend="webgl", tools=tools, active_scroll="wheel_zoom", match_aspect=True,
+                  sizing_mode="stretch_both", toolbar_location="above")
+    points = ColumnDataSource(data={"x": [], "y": [], "c": []}, name="points_source")
+    mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=1.0, nan_color="#c8c8c8", name="mapper")
+    fmap = figure(title="data", name="map", **common)
+    r = fmap.scatter("x", "y", source=points, size=3, line_color=None, fill_alpha=0.7, name="points",
+                     fill_color={"field": "c", "transform": mapper},
+                     nonselection_fill_alpha=0.12, selection_fill_alpha=0.9)
+    probes = ColumnDataSource(data={"x": [], "y": [], "c": []}, name="probes_source")
+    fmap.scatter("x", "y", source=probes, size=4, marker="diamond", line_color=None, visible=False,
+                      fill_color={"field": "c", "transform": mapper}, name="probes")
+    hl = ColumnDataSource(data={"x": [], "y": [], "kind": []}, name="highlight_source")
+    fmap.scatter("x", "y", source=hl, size=11, fill_color=None, line_color="#e4002b", line_width=2,
+                 name="highlight")
+    fmap.add_tools(HoverTool(renderers=[r], tooltips=None, name="hover",
+                             callback=CustomJS(code="if (window.zspace) zspace.hover(cb_data);")))
+    points.selected.js_on_change("indices", CustomJS(code="if (window.zspace) zspace.select(cb_obj.indices);"))
+    fmap.js_on_event("selectiongeometry", CustomJS(code="if (window.zspace) zspace.geometry(cb_obj.geometry, cb_obj.final);"))
+    null = ColumnDataSource(data={"x": [], "y": []}, name="null_source")
+    fnull = figure(title="null: the fitted normal", name="null_map", x_range=fmap.x_range, y_range=fmap.y_range,
+                   **common)
+    fnull.scatter("x", "y", source=null, size=3, line_color=None, fill_color="#6b6b6b", fill_alpha=0.55,
+                  name="null_points")
+    script, (div_map, div_null) = components((fmap, fnull))
+    return script, div_map, div_null
+
+
+def _html(title: str, script: str, div_map: str, div_null: str) -> str:
+    bokeh = "".join(f'<script src="bokeh/{f}"></script>' for f in BOKEH_FILES)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{html.escape(title)}</title>
+<link rel="stylesheet" href="explore.css">
+<script src="data.js"></script><script src="decoder.js"></script>
+{bokeh}
+</head><body>
+<header><h1>{html.escape(title)}</h1>
+<a href="../report/index.html">report</a>
+<label>layout <select id="layout"></select></label>
+<span id="pc-axes"><label>x <select id="pcx"></select></label> <label>y <select id="pcy"></select></label></span>
+<label>colour <select id="colour"></select></label>
+<label><input type="checkbox" id="show-null" checked> null map</label>
+<span id="status">loading...</span></header>
+<main>
+<div id="maps"><div class="map" id="map-data">{div_map}</div><div class="map" id="map-null">{div_null}</div></div>
+<aside>
+<section id="legend"></section>
+<section id="hover"><h2>hover</h2><div class="thumbs"><figure><div id="hover-img"></div>
+<figcaption>image</figcaption></figure><figure><div id="hover-rec"></div>
+<figcaption>reconstruction</figcaption></figure></div><dl id="hover-info"></dl></section>
+<section id="clicked"><h2>click</h2><p class="hint">click a point: its nearest neighbours in z; shift-click a second
+point: the decoded path between them</p><div id="neighbours" class="strip"></div><div id="path" class="strip"></div>
+</section>
+<section id="selection"><h2>selection</h2><p class="hint">box or lasso select (toolbar)</p><div id="selection-info"></div>
+</section>
+</aside></main>
+<footer id="missing"></footer>
+{script}
+<script src="explore.js"></script>
+</body></html>
+"""
+
+
+def explore(run_dir: str | os.PathLike, config: ExploreConfig | None = None, progress: bool = True) -> dict:
+    """Write RUN/explore/ (index.html and its data) for the run's points; returns what went in and its sizes."""
+    cfg = config or ExploreConfig()
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {run} does not exist")
+    version = bokeh_version()  # before any work: one line saying what to install
+    t0 = time.perf_counter()
+    out = run / "explore"
+    tmp = run / "explore.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "bokeh").mkdir(parents=True)
+    model, dev, prec = load_model(run, device=cfg.device)
+    pts = gather(run, cfg)
+    thumbs = write_thumbnails(tmp, run, pts, cfg, model, dev, prec, progress)
+    pts.meta.update({"chunk": cfg.chunk, "thumb": cfg.thumb, "atlas": cfg.atlas, "images": thumbs["images"]})
+    sizes = {"data.js": write_data(tmp, pts), "decoder.js": write_decoder(tmp, model),
+             "z": write_latents(tmp, pts, cfg), **{f"thumbs/{k}": v for k, v in thumbs["bytes"].items()}}
+    import bokeh  # its presence was checked by bokeh_version()
+
+    static = Path(bokeh.__file__).parent / "server" / "static" / "js"
+    for f in BOKEH_FILES:
+        shutil.copy2(static / f, tmp / "bokeh" / f)
+        sizes[f"bokeh/{f}"] = (tmp / "bokeh" / f).stat().st_size
+    for f in OURS:
+        shutil.copy2(ASSETS / f, tmp / f)
+    script, div_map, div_null = _bokeh_doc()
+    title = f"zspace explore: {run.resolve().name}"
+    write_text_atomic(tmp / "index.html", _html(title, script, div_map, div_null))
+    info = {"n": pts.n, "n_latents": pts.meta["n_latents"], "all_points": pts.meta["all_points"],
+            "layouts": sorted(pts.layouts), "colours": [c.name for c in pts.colours],
+            "attributes": pts.attributes, "probes": int(len(pts.probes.get("depth", ()))),
+            "thumb": cfg.thumb, "images": thumbs["images"], "bokeh": version, "bytes": sizes,
+            "total_bytes": sum(sizes.values()), "missing": pts.meta.get("missing", []),
+            "config": json.loads(json.dumps(cfg.__dict__)), "seconds": round(time.perf_counter() - t0, 2)}
+    write_json_atomic(tmp / "explore.json", info)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # the old page stays whole until the new one is
+    return {**info, "page": str(out / "index.html")}
