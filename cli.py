@@ -18,6 +18,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 from engine.analysis.config import TSNE_AFFINITIES, StatsConfig, StructureConfig, TSNEConfig
 from engine.attributes.config import AttributesConfig
 from engine.data.config import PrepareConfig
+from engine.explore.config import MAX_THUMB, ExploreConfig
 from engine.files import run_lock
 from engine.generation.config import ALL_SAMPLERS, SAMPLERS, CompareConfig, FacemapConfig, GenerateConfig, PathsConfig
 from engine.model.config import FAMILIES, FAMILY_TERMS, LOSSES, RANK_TIMEOUT_S, EncodeConfig, ModelConfig, RankFailed, TrainConfig
@@ -26,7 +27,7 @@ from engine.stages import STAGE_NAMES, STAGES
 RANKED = ("train", "encode")  # the verbs that run on several ranks (--nproc, torchrun)
 # verbs that write RUN: one process at a time per run directory
 WRITERS = {"prepare", "train", "encode", "import-latents", "stats", "structure", "tsne", "attributes", "generate",
-           "paths", "compare", "facemap", "report", "run"}
+           "paths", "compare", "facemap", "report", "explore", "run"}
 
 
 def _non_negative(text: str) -> float:
@@ -199,6 +200,15 @@ def cmd_report(args) -> dict:
     from engine.report.page import write_report
 
     return write_report(args.run)
+
+
+def cmd_explore(args) -> dict:
+    from engine.explore.page import explore
+
+    cfg = ExploreConfig(n=args.n, thumb=args.thumb, pcs=args.pcs, seed=args.seed, device=args.device)
+    res = explore(args.run, cfg, progress=not args.quiet)
+    return {"page": res["page"], "points": res["n"], "all_points": res["all_points"], "colours": res["colours"],
+            "megabytes": round(res["total_bytes"] / 1e6, 1), "seconds": res["seconds"], "missing": res["missing"]}
 
 
 def cmd_bench(args) -> dict:
@@ -528,6 +538,15 @@ def _run_verbs(verb, sub) -> None:
     _dask_arg(sp)
 
     sp = verb("report", cmd_report, STAGES["report"].summary)
+    sp = verb("explore", cmd_explore, STAGES["explore"].summary)
+    sp.add_argument("--n", type=_positive_int, default=None,
+                    help="points on the map (default: every point of the t-SNE map, else every latent)")
+    sp.add_argument("--thumb", type=_positive_int, default=ExploreConfig.thumb,
+                    help=f"thumbnail side in pixels, at most {MAX_THUMB} (default {ExploreConfig.thumb})")
+    sp.add_argument("--pcs", type=_positive_int, default=ExploreConfig.pcs,
+                    help=f"principal axes the page can plot against each other (default {ExploreConfig.pcs})")
+    sp.add_argument("--seed", type=int, default=ExploreConfig.seed, help="seed of the null model's draws")
+    sp.add_argument("--device", default=ExploreConfig.device, help="where the reconstructions are decoded")
     sp = verb("verify", cmd_verify, "check every store, checkpoint and output of RUN; say what is damaged and what "
                                     "rebuilds it (exit 1 when something is)")
 

@@ -1,6 +1,8 @@
 """``zspace run``: every stage in order, each skipped when it finished with the same inputs.
 
-Stages: prepare -> train -> encode -> stats -> structure -> tsne -> attributes -> compare -> facemap -> report.
+Stages: prepare -> train -> encode -> stats -> structure -> tsne -> attributes -> compare -> facemap -> report
+-> explore. The last needs the optional extra zspace[explore] (Bokeh); without it the stage says what to install
+and is left for a later run, and every other stage runs as before.
 
 Each stage has a key: the hash of its own options and the key of the stage before
 it, so a changed option changes that stage's key and every later one. After a
@@ -30,7 +32,9 @@ from engine.analysis.tsne import compute_tsne
 from engine.attributes.config import AttributesConfig
 from engine.attributes.stage import attributes
 from engine.data.imagecache import open_cache, prepare
-from engine.deps import face_detector
+from engine.deps import DependencyError, bokeh_version, face_detector
+from engine.explore.config import ExploreConfig
+from engine.explore.page import explore
 from engine.files import write_json_atomic
 from engine.generation.compare import compare
 from engine.generation.config import CompareConfig, FacemapConfig
@@ -108,6 +112,7 @@ def stage_options(p: Profile) -> dict[str, dict]:
         "compare": {"n": p.compare_n, "seed": p.seed},
         "facemap": {"n": p.facemap_n, "seed": p.seed},
         "report": {},
+        "explore": {"seed": p.seed},
     }
 
 
@@ -185,6 +190,10 @@ def _stage_call(name: str, run: Path, p: Profile, fresh: bool, device: str, prog
         return facemap(run, n=p.facemap_n, seed=p.seed, device=device, progress=progress)
     if name == "report":
         return write_report(run)
+    if name == "explore":
+        res = explore(run, ExploreConfig(seed=p.seed, device=device), progress=progress)
+        write_report(run)  # its top now links to the page
+        return res
     raise ValueError(f"unknown stage {name!r}; stages: {STAGE_NAMES}")
 
 
@@ -231,11 +240,22 @@ def run(
 
     if any(name in JUDGED and not finished(name) for name in stages):
         face_detector()  # before the first stage, not after the training: one line what to install
+    no_explore = None
+    if "explore" in stages and not finished("explore"):
+        try:
+            bokeh_version()
+        except DependencyError as exc:  # an optional extra: every other stage runs, this one waits for it
+            no_explore = str(exc)
+            logger.warning("%s; the explore stage will be left for a later run", no_explore)
     cluster = None
     with contextlib.ExitStack() as stack:  # a --dask cluster lives until the last stage
         for i, name in enumerate(stages, 1):
             rec = done.get(name)
             same = rec is not None and rec.get("key") == keys[name]
+            if name == "explore" and no_explore:
+                timings[name] = "not run: " + no_explore.rsplit(": ", 1)[-1]
+                logger.info("[%d/%d] %-9s not run: %s", i, len(stages), name, no_explore)
+                continue
             if finished(name):
                 timings[name] = "skipped"
                 logger.info("[%d/%d] %-9s finished earlier with the same options: skipped", i, len(stages), name)

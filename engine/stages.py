@@ -71,6 +71,10 @@ TABLE: tuple[Stage, ...] = (
           "face rate against radius and void depth: region or voids? -> RUN/facemap/"),
     Stage("report", "engine.report.page:write_report", None, (), "report/index.html",
           "one static page of every figure and number -> RUN/report/index.html, report.md"),
+    Stage("explore", "engine.explore.page:explore", "engine.explore.config:ExploreConfig",
+          ("latents.zarr", "checkpoints/best.pt"), "explore/index.html",
+          "an offline WebGL map of every point: faces on hover, neighbours, decoded paths and selections -> "
+          "RUN/explore/index.html (needs zspace[explore])"),
 )
 
 STAGES: dict[str, Stage] = {s.name: s for s in TABLE}

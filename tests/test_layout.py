@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 ENGINE = REPO / "engine"
 
 # lower layers first; a module may import its own layer and the layers before it
-LAYERS = ("base", "data", "model", "latents", "analysis", "generation", "attributes", "report", "contrast", "pipeline")
+LAYERS = ("base", "data", "model", "latents", "analysis", "generation", "attributes", "report", "explore", "contrast",
+          "pipeline")
 BASE = {"engine.config", "engine.deps", "engine.files", "engine.figures", "engine.layout", "engine.stages", "engine.stores"}
 
 

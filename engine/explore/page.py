@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from engine.deps import bokeh_version
@@ -122,6 +123,7 @@ def explore(run_dir: str | os.PathLike, config: ExploreConfig | None = None, pro
     (tmp / "bokeh").mkdir(parents=True)
     model, dev, prec = load_model(run, device=cfg.device)
     pts = gather(run, cfg)
+    cfg = replace(cfg, thumb=min(cfg.thumb, model.config.size))  # never larger than the images
     thumbs = write_thumbnails(tmp, run, pts, cfg, model, dev, prec, progress)
     pts.meta.update({"chunk": cfg.chunk, "thumb": cfg.thumb, "atlas": cfg.atlas, "images": thumbs["images"]})
     sizes = {"data.js": write_data(tmp, pts), "decoder.js": write_decoder(tmp, model),

@@ -505,6 +505,19 @@ def _header(run: Path) -> tuple[str, list[str]]:
     return f"zspace report: {run.resolve().name}", lines
 
 
+def _explore_link(run: Path) -> tuple[str, str]:
+    """(html, markdown) of the line at the report's top: the explore page when it exists, else how to make it."""
+    info = _json(run / "explore" / "explore.json")
+    if (run / "explore" / "index.html").exists() and info:
+        what = f"{info.get('n', 0):,} points" + (" (every latent)" if info.get("all_points") else "")
+        return (f'<p class="explore"><a id="explore-link" href="../explore/index.html">Explore every point</a>: '
+                f"the map of {html.escape(what)}, each point's face on hover, decoded paths and selections.</p>",
+                f"[Explore every point](../explore/index.html): the map of {what}.")
+    cmd = f"zspace explore --run {run}"
+    return (f'<p class="missing">Not made yet: the explore page of every point (<code>{html.escape(cmd)}</code>, '
+            f"needs <code>pip install 'zspace[explore]'</code>).</p>", f"Not made yet: the explore page (`{cmd}`).")
+
+
 def write_report(run_dir: str | os.PathLike) -> dict:
     """Write RUN/report/index.html, report.md and figures/; returns what went in."""
     run = Path(run_dir)
@@ -558,9 +571,11 @@ def write_report(run_dir: str | os.PathLike) -> dict:
         body.append("</section>")
     nav = ('<a href="#findings">Findings</a>' if findings else "") + "".join(
         f'<a href="#q{i}">{i}. {html.escape(s.question)}</a>' for i, s in enumerate(sections, 1))
+    explore = _explore_link(run)
+    md[1:1] = ["", explore[1]]
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
-            f"<h1>{html.escape(title)}</h1>" + "".join(f'<p class="meta">{html.escape(m)}</p>' for m in meta)
+            f"<h1>{html.escape(title)}</h1>" + explore[0] + "".join(f'<p class="meta">{html.escape(m)}</p>' for m in meta)
             + f"<nav>{nav}</nav>" + "\n".join(body) + "</body></html>\n")
     write_text_atomic(out / "index.html", page)
     write_text_atomic(out / "report.md", "\n".join(md) + "\n")

@@ -1,0 +1,333 @@
+"""The explore page: what it carries of each point against numpy, sklearn and the run's own images, and the page
+itself in a real headless Chromium opened from disk with the network off."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+from engine.analysis.config import StructureConfig, TSNEConfig
+from engine.analysis.structure import compute_structure
+from engine.analysis.tsne import compute_tsne
+from engine.deps import DependencyError
+from engine.explore.bundle import atlas_of, thumbnail
+from engine.explore.columns import gather
+from engine.explore.config import ExploreConfig
+from engine.explore.page import explore
+from engine.generation.generate import decode_with, load_model
+from tests.test_report import CHROMEDRIVER, CHROMIUM, requires_chromium
+
+pytest.importorskip("bokeh", reason="the explore page needs Bokeh: pip install -e '.[test]'")
+
+
+@pytest.fixture(scope="module")
+def explored(trained_run, tmp_path_factory) -> Path:
+    """trained_run (300 synthetic faces at 64 px, z 32) with its kNN graph, a t-SNE map of every point and the page."""
+    run = tmp_path_factory.mktemp("explored") / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("generate", "facemap", "report", "explore"))
+    compute_structure(run, StructureConfig(k=8, graph_k=12, void_probes=200, bootstrap=10, device="cpu"), progress=False)
+    compute_tsne(run, TSNEConfig(n=300, n_iter=300, null=True), progress=False)
+    explore(run, ExploreConfig(thumb=32, atlas=8, chunk=128, pcs=6, neighbours=10, device="cpu"), progress=False)
+    return run
+
+
+def _latents(run: Path) -> zarr.Group:
+    return zarr.open_group(run / "latents.zarr", mode="r")
+
+
+def test_points_carry_the_clouds_numbers(explored):
+    cfg = ExploreConfig(pcs=6, neighbours=10)
+    pts = gather(explored, cfg)
+    g = _latents(explored)
+    z = np.asarray(g["z"][:], np.float64)
+    rows = np.load(explored / "tsne" / "embedding.npz")["rows"]
+    assert pts.n == len(rows) == len(z) and np.array_equal(pts.rows, rows)
+    zr = z[rows]
+    col = {c.name: c for c in pts.colours}
+    np.testing.assert_allclose(col["radius"].values, np.linalg.norm(zr, axis=1), rtol=1e-5)
+    d = zr - z.mean(axis=0)
+    m2 = np.einsum("ij,jk,ik->i", d, np.linalg.inv(np.cov(z, rowvar=False)), d)
+    np.testing.assert_allclose(col["mahalanobis"].values, np.sqrt(m2), rtol=1e-4)
+    from sklearn.decomposition import PCA
+
+    ref = PCA(n_components=6).fit(z).transform(zr)
+    ours = pts.layouts["pca"].astype(np.float64)
+    signs = np.sign((ref * ours).sum(axis=0))
+    np.testing.assert_allclose(ours * signs, ref, atol=1e-3 * np.abs(ref).max())
+    two_widest = np.argsort(-z.std(axis=0))[:2]  # no stats stage in this run: the two widest components
+    np.testing.assert_array_equal(pts.layouts["dominant"], zr[:, two_widest].astype(np.float32))
+    np.testing.assert_array_equal(pts.neighbours, np.asarray(g["knn_indices"][:])[rows][:, :10])
+    np.testing.assert_array_equal(col["local_dim"].values, np.asarray(g["local_dim"][:])[rows])
+    assert pts.attributes, "synthetic faces plant labels; the page colours by them"
+    stored = np.asarray(zarr.open_group(explored / "images.zarr", mode="r")["attributes"][:])[rows]
+    np.testing.assert_array_equal(pts.labels, stored)
+
+
+def test_a_smaller_page_takes_a_seeded_sample_of_the_map(explored):
+    pts = gather(explored, ExploreConfig(n=50, seed=3))
+    emb = np.load(explored / "tsne" / "embedding.npz")
+    assert pts.n == 50 and np.all(np.diff(pts.rows) > 0)
+    where = np.searchsorted(emb["rows"], pts.rows)
+    np.testing.assert_array_equal(pts.layouts["tsne"], emb["embedding"][where])
+    np.testing.assert_array_equal(gather(explored, ExploreConfig(n=50, seed=3)).rows, pts.rows)
+    # neighbours that did not make the sample are -1, the others are page positions of the same latents
+    full = np.asarray(_latents(explored)["knn_indices"][:])[pts.rows][:, : pts.neighbours.shape[1]]
+    on = pts.neighbours >= 0
+    np.testing.assert_array_equal(pts.rows[pts.neighbours[on]], full[on])
+    assert not np.isin(full[~on], pts.rows).any()
+
+
+def test_atlas_puts_thumbnail_i_at_column_i_mod_side():
+    thumbs = np.stack([np.full((4, 4, 3), 10 * i, np.uint8) for i in range(7)])
+    atlas = atlas_of(thumbs, 3)
+    assert atlas.shape == (12, 12, 3)  # 3 rows of 3, the last one partly empty
+    for i in range(7):
+        r, c = divmod(i, 3)
+        assert (atlas[4 * r : 4 * r + 4, 4 * c : 4 * c + 4] == 10 * i).all()
+    assert (atlas[8:, 4:] == 0).all()
+
+
+def _tile(run: Path, kind: str, i: int) -> np.ndarray:
+    info = json.loads((run / "explore" / "explore.json").read_text())
+    t, per = info["thumb"], info["config"]["atlas"]
+    a, k = divmod(i, per * per)
+    r, c = divmod(k, per)
+    atlas = np.asarray(Image.open(run / "explore" / "thumbs" / f"{kind}_{a:04d}.jpg").convert("RGB"), np.float64)
+    return atlas[r * t : (r + 1) * t, c * t : (c + 1) * t]
+
+
+def test_thumbnails_are_the_runs_images_and_reconstructions(explored):
+    images = np.asarray(zarr.open_group(explored / "images.zarr", mode="r")["images"][:])
+    rows = np.load(explored / "tsne" / "embedding.npz")["rows"]
+    model, dev, prec = load_model(explored, device="cpu")
+    z = np.asarray(_latents(explored)["z"][:], np.float32)
+    rng = np.random.default_rng(0)
+    for i in (0, 63, 64, 299):  # first, last of an atlas, first of the next, the last point
+        tile = _tile(explored, "img", i)
+        ref = np.asarray(Image.fromarray(images[rows[i]]).resize((32, 32), Image.Resampling.BOX), np.float64)
+        err = np.abs(tile - ref).mean()
+        assert err < 6, f"point {i}: mean |diff| {err:.1f} against its own image"  # JPEG at quality 88
+        others = [np.abs(tile - np.asarray(Image.fromarray(images[j]).resize((32, 32), Image.Resampling.BOX),
+                                           np.float64)).mean() for j in rng.choice(len(images), 20) if j != rows[i]]
+        assert err < min(others) / 2
+        rec = decode_with(model, z[rows[i] : rows[i] + 1], dev, prec)[0]
+        assert np.abs(_tile(explored, "rec", i) - np.asarray(thumbnail(rec, 32), np.float64)).mean() < 6
+
+
+def test_without_bokeh_explore_says_what_to_install(explored, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bokeh", None)  # import bokeh now raises ImportError
+    with pytest.raises(DependencyError, match=r"pip install 'zspace\[explore\]'"):
+        explore(explored, progress=False)
+    assert (explored / "explore" / "index.html").exists(), "the page already written is kept"
+
+
+def test_bad_options_are_refused():
+    for kw, match in (({"thumb": 65}, "thumb"), ({"pcs": 1}, "pcs"), ({"n": 1}, "n must")):
+        with pytest.raises(ValueError, match=match):
+            ExploreConfig(**kw)
+
+
+# ---- the page in a real browser ----
+
+def _browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e '.[test]')")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    # WebGL through SwiftShader (no GPU here); every host resolves to nothing: the page must need no network
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900",
+                 "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--host-resolver-rules=MAP * ~NOTFOUND"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_network_conditions(offline=True, latency=0, download_throughput=0, upload_throughput=0)
+    return driver
+
+
+def _open(driver, run: Path) -> None:
+    driver.get((run / "explore" / "index.html").resolve().as_uri())
+    for _ in range(300):
+        if driver.execute_script("return !!(window.zspace && window.zspace.ready)"):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the page never became ready: " + str(driver.get_log("browser")))
+
+
+def _pointer(driver, x: float, y: float, click: bool = False) -> None:
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    ab = ActionBuilder(driver)
+    ab.pointer_action.move_to_location(int(round(x)), int(round(y)))
+    if click:
+        ab.pointer_action.click()
+    ab.perform()
+
+
+def _text(driver, element_id: str) -> str:
+    return driver.execute_script(f"const e = document.getElementById('{element_id}'); return e ? e.textContent : null")
+
+
+def _pixels(driver, canvas_js: str) -> np.ndarray:
+    data = driver.execute_script(f"const c = {canvas_js}; return Array.from(c.getContext('2d')"
+                                 f".getImageData(0, 0, c.width, c.height).data)")
+    side = int(round((len(data) / 4) ** 0.5))
+    return np.asarray(data, np.float64).reshape(side, side, 4)[..., :3]
+
+
+def _torch_decode(run: Path, z: np.ndarray) -> np.ndarray:
+    model, dev, prec = load_model(run, device="cpu")
+    return decode_with(model, np.asarray(z, np.float32).reshape(1, -1), dev, prec)[0].astype(np.float64)
+
+
+@requires_chromium
+def test_page_in_a_real_browser(explored):
+    info = json.loads((explored / "explore" / "explore.json").read_text())
+    ids = [str(i) for i in np.asarray(_latents(explored)["ids"][:])]
+    rows = np.load(explored / "tsne" / "embedding.npz")["rows"]
+    z16 = np.asarray(_latents(explored)["z"][:], np.float32)[rows].astype(np.float16).astype(np.float32)
+    knn = np.asarray(_latents(explored)["knn_indices"][:])[rows]
+    html_text = (explored / "explore" / "index.html").read_text()
+    assert "http://" not in html_text.replace("http://www.w3.org", "") and "https://" not in html_text
+    driver = _browser()
+    try:
+        _open(driver, explored)
+        # every point drawn, by the WebGL backend
+        n = driver.execute_script("return Bokeh.documents[0].get_model_by_name('points_source').data.x.length")
+        assert n == info["n"] == len(rows) == 300
+        assert driver.execute_script("return zspace.state.webgl") is True
+        assert "300 points (every latent)" in _text(driver, "status")
+
+        # hover a known point (the rightmost of the t-SNE map): its id, numbers and thumbnail
+        i = driver.execute_script("const s = zspace.state; let b = 0; for (let i = 0; i < s.x.length; i++) "
+                                  "if (s.x[i] > s.x[b]) b = i; return b;")
+        p = driver.execute_script(f"return zspace.screenOf({i})")
+        _pointer(driver, p["x"] - 25, p["y"])
+        _pointer(driver, p["x"], p["y"])
+        time.sleep(0.5)
+        assert _text(driver, "hover-id") == ids[rows[i]]
+        bg = driver.execute_script("return document.getElementById('hover-img').style.backgroundImage")
+        thumb = driver.execute_script("return zspace.state.thumb")
+        assert f"thumbs/img_{i // 64:04d}.jpg" in bg and thumb["col"] == i % 64 % 8 and thumb["row"] == i % 64 // 8
+        assert driver.execute_script("const im = new Image(); im.src = arguments[0]; return im.src", thumb["src"])
+        info_text = _text(driver, "hover-info")
+        radius = float(np.linalg.norm(np.asarray(_latents(explored)["z"][rows[i]], np.float64)))
+        assert f"{radius:.2f}" in info_text
+
+        # switching colour changes the legend
+        legend0 = _text(driver, "legend")
+        driver.execute_script("const e = document.getElementById('colour'); e.value = 'split'; "
+                              "e.dispatchEvent(new Event('change'))")
+        legend1 = _text(driver, "legend")
+        assert legend1 != legend0 and "split" in legend1 and "train" in legend1 and "test" in legend1
+
+        # click: the stored neighbours, highlighted and in the strip; the decoded path to the nearest, as torch
+        _pointer(driver, p["x"], p["y"], click=True)
+        time.sleep(1.0)
+        a = driver.execute_script("return zspace.state.clicked[0]")
+        strip = driver.execute_script("return Array.from(document.querySelectorAll('#neighbours .thumb'))"
+                                      ".map(e => +e.dataset.i)")
+        assert strip == [int(j) for j in knn[a][:10] if j != a][: len(strip)] and len(strip) >= 9
+        assert driver.execute_script("return Bokeh.documents[0].get_model_by_name('highlight_source')"
+                                     ".data.x.length") == 1 + len(strip)
+        assert driver.execute_script("return document.querySelectorAll('#path canvas').length") == 8
+        first = _pixels(driver, "document.querySelector('#path canvas')")
+        assert np.abs(first - _torch_decode(explored, z16[a])).max() <= 2  # the page's decoder is torch's
+        last = _pixels(driver, "document.querySelectorAll('#path canvas')[7]")
+        assert np.abs(last - _torch_decode(explored, z16[strip[0]])).max() <= 2
+
+        # a box selection on the PCA plane: its size, the decoded mean of its latents and its attribute shares
+        driver.execute_script("const e = document.getElementById('layout'); e.value = 'pca'; "
+                              "e.dispatchEvent(new Event('change'))")
+        driver.execute_script("const m = Bokeh.documents[0].get_model_by_name('map'); "
+                              "m.toolbar.tools.find(t => t.type === 'BoxSelectTool').active = true;")
+        x0, y0, w, h = driver.execute_script(
+            "const pv = Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name('map')); const f = pv.frame.bbox;"
+            "const e = pv.canvas_view.events_el.getBoundingClientRect(); return [e.left + f.left, e.top + f.top, "
+            "f.width, f.height]")
+        from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+        ab = ActionBuilder(driver)
+        ab.pointer_action.move_to_location(int(x0 + 0.35 * w), int(y0 + 0.3 * h)).pointer_down()
+        ab.pointer_action.move_to_location(int(x0 + 0.5 * w), int(y0 + 0.5 * h))
+        ab.pointer_action.move_to_location(int(x0 + 0.65 * w), int(y0 + 0.7 * h)).pointer_up()
+        ab.perform()
+        for _ in range(50):
+            if _text(driver, "selection-size") and driver.execute_script("return !!document.getElementById('mean-face')"):
+                break
+            time.sleep(0.1)
+        sel = driver.execute_script("return zspace.state.selection")
+        xs, ys = driver.execute_script("return [Array.from(zspace.state.x), Array.from(zspace.state.y)]")
+        xr = driver.execute_script("const r = Bokeh.documents[0].get_model_by_name('map'); return [r.x_range.start, "
+                                   "r.x_range.end, r.y_range.start, r.y_range.end]")
+        assert 5 < len(sel) < 300
+        assert _text(driver, "selection-size") == f"{len(sel):,}"
+        # the selected points are those inside the dragged box (data coordinates from the plot's ranges)
+        bx = sorted(xr[0] + f * (xr[1] - xr[0]) for f in (0.35, 0.65))
+        by = sorted(xr[3] - f * (xr[3] - xr[2]) for f in (0.3, 0.7))
+        inside = {k for k in range(300) if bx[0] < xs[k] < bx[1] and by[0] < ys[k] < by[1]}
+        assert len(inside ^ set(sel)) <= 0.05 * len(sel) + 2  # a pixel of slack at the box's edges
+        mean = _pixels(driver, "document.getElementById('mean-face')")
+        assert np.abs(mean - _torch_decode(explored, z16[sel].astype(np.float64).mean(axis=0))).max() <= 2
+        labels = np.asarray(zarr.open_group(explored / "images.zarr", mode="r")["attributes"][:])[rows]
+        names = zarr.open_group(explored / "images.zarr", mode="r")["attributes"].attrs["names"]
+        shares = driver.execute_script("return Array.from(document.querySelectorAll('#shares tr')).slice(1)"
+                                       ".map(r => Array.from(r.cells).map(c => c.textContent))")
+        assert [s[0] for s in shares] == names
+        for j, (_, ours, _) in enumerate(shares):
+            lab = labels[sel, j]
+            lab = lab[lab >= 0]
+            if len(lab):  # one decimal: JavaScript rounds halves up, Python to even
+                assert abs(float(ours.rstrip("%")) - 100 * lab.mean()) <= 0.05 + 1e-9, (names[j], ours)
+            else:
+                assert ours == "-"
+
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+    finally:
+        driver.quit()
+
+
+# ---- the stage of zspace run ----
+
+@pytest.mark.slow  # needs finished_run: every stage once
+def test_run_makes_the_page_and_the_report_links_it(finished_run):
+    info = json.loads((finished_run / "explore" / "explore.json").read_text())
+    n_lat = _latents(finished_run)["z"].shape[0]
+    assert info["n"] == len(np.load(finished_run / "tsne" / "embedding.npz")["rows"]) and info["n"] <= n_lat
+    report = (finished_run / "report" / "index.html").read_text()
+    assert 'href="../explore/index.html"' in report and report.index("explore-link") < report.index("<nav>")
+    state = json.loads((finished_run / "pipeline.json").read_text())
+    assert state["stages"]["explore"]["finished"]
+
+
+@pytest.mark.slow
+def test_run_without_bokeh_leaves_explore_and_runs_the_rest(finished_run, tmp_path, monkeypatch):
+    import engine.pipeline as pipeline
+    from tests.conftest import TINY
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    shutil.rmtree(run / "explore")
+    shutil.rmtree(run / "report")
+
+    def missing():
+        raise DependencyError("the explore page needs Bokeh, which is not installed: pip install 'zspace[explore]'")
+
+    monkeypatch.setattr(pipeline, "bokeh_version", missing)
+    res = pipeline.run(run, quick=True, device="cpu", progress=False, **TINY)
+    assert res["seconds"]["explore"] == "not run: pip install 'zspace[explore]'"
+    assert isinstance(res["seconds"]["report"], float), "the report ran again"
+    assert all(v == "skipped" for k, v in res["seconds"].items() if k not in ("report", "explore"))
+    assert not (run / "explore").exists()
+    assert "Not made yet: the explore page" in (run / "report" / "index.html").read_text()
