@@ -25,6 +25,8 @@ class Sizes:
     attributes_count: int  # planted attributes (CelebA has 40)
     device_knn_rows: int  # the exact graph on a GPU (202,599: all of CelebA)
     device_cpu_rows: int  # the same code on CPU torch where no GPU is present
+    explore_rows: int  # the explore page of every point of a run this size (202,599: all of CelebA)
+    explore_small_rows: int  # and a page of a seeded sample of its map
 
 
 SIZES: dict[str, Sizes] = {
@@ -32,11 +34,12 @@ SIZES: dict[str, Sizes] = {
                   cuda_train_steps=100, encode_repeat=2, kernels_rows=202_599,
                   stats=((202_599, "time"), (1_000_000, "memory")), knn_rows=50_000, local_pca_rows=202_599,
                   tsne_rows=20_000, attributes_rows=202_599, attributes_count=40,
-                  device_knn_rows=202_599, device_cpu_rows=20_000),
+                  device_knn_rows=202_599, device_cpu_rows=20_000, explore_rows=202_599, explore_small_rows=10_000),
     "small": Sizes(images=512, prepare_repeat=1, prepare_one_worker=False, cache_images=256, train_steps=3,
                    cuda_train_steps=10, encode_repeat=1, kernels_rows=20_000, stats=((20_000, "time"),),
                    knn_rows=5_000, local_pca_rows=20_000, tsne_rows=1_000, attributes_rows=20_000,
-                   attributes_count=3, device_knn_rows=20_000, device_cpu_rows=2_000),
+                   attributes_count=3, device_knn_rows=20_000, device_cpu_rows=2_000, explore_rows=2_000,
+                   explore_small_rows=1_000),
 }
 
 

@@ -8,6 +8,7 @@ from bench.results import Row
 from bench.stages_analysis import stage_kernels, stage_knn, stage_local_pca, stage_stats, stage_tsne
 from bench.stages_attributes import stage_attributes
 from bench.stages_device import stage_device
+from bench.stages_explore import stage_explore
 from bench.stages_dask import stage_dask, stage_dask_structure
 from bench.stages_data import stage_encode, stage_prepare, stage_train_feed, stage_train_ranks
 from engine.stages import STAGES as PIPELINE_STAGES
@@ -26,6 +27,7 @@ STAGES: dict[str, Callable[[dict], list[Row]]] = {
     "device": stage_device,
     "dask": stage_dask,
     "dask_structure": stage_dask_structure,
+    "explore": stage_explore,
 }
 NEED_IMAGES = {"prepare", "train_feed", "train_ranks", "encode"}  # the stages that read ctx["images"]
 
@@ -33,6 +35,7 @@ NEED_IMAGES = {"prepare", "train_feed", "train_ranks", "encode"}  # the stages t
 MEASURES: dict[str, str] = {
     "prepare": "prepare", "train_feed": "train", "train_ranks": "train", "encode": "encode", "kernels": "stats", "stats": "stats",
     "knn": "structure", "local_pca": "structure", "tsne": "tsne", "attributes": "attributes", "device": "structure", "dask": "structure", "dask_structure": "structure",
+    "explore": "explore",
 }
 if set(MEASURES.values()) - set(PIPELINE_STAGES) or set(MEASURES) != set(STAGES):
     raise RuntimeError(f"bench stages {sorted(MEASURES.items())} are out of step with engine/stages.py {list(PIPELINE_STAGES)}")

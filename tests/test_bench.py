@@ -44,7 +44,7 @@ def test_every_row_is_finite(small):
             assert r["ratio"] is not None and math.isfinite(r["ratio"]) and r["ratio"] > 0, r
         else:  # the end-to-end stats rows, the memory-read floor, structure's memory on Dask and the latent side
             # of the attributes stage have no baseline
-            assert r["group"] in ("stats", "kernels", "dask_structure", "attributes"), r
+            assert r["group"] in ("stats", "kernels", "dask_structure", "attributes", "explore"), r
             assert r["group"] != "kernels" or r["stage"] == "read_array", r
             assert r["group"] != "attributes" or r["stage"] == "attributes_latents", r
             assert r["baseline_s"] is None and r["ratio"] is None, r

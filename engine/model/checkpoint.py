@@ -13,6 +13,11 @@ refused with a ``CheckpointError`` naming what it asked for. The one exception
 allowed on reading is numpy's array reconstruction (``ndarray``, ``dtype`` and
 ``_reconstruct``: data, not code), which the previous format used for the numpy
 RNG state, so its checkpoints still load and resume.
+
+A refused checkpoint whose source you trust can be re-saved as weights and plain
+values: ``python -c "import torch; c = torch.load('in.pt', weights_only=False);
+torch.save({k: c[k] for k in ('model', 'config', 'epoch')}, 'out.pt')"`` (enough for
+encode and generation; ``train --resume`` needs a ``last.pt`` zspace wrote).
 """
 
 from __future__ import annotations

@@ -155,6 +155,11 @@
   const colours = D.colours.map((c) => ({ ...c, values: arr(c.values) }));
   const byName = Object.fromEntries(colours.map((c) => [c.name, c]));
   const labels = arr(D.labels), A = D.attributes.length;
+  const allShares = D.attributes.map((_, j) => {  // each attribute's share among every labelled point
+    let pos = 0, lab = 0;
+    for (let i = 0; i < N; i++) { const v = labels[i * A + j]; if (v >= 0) { lab++; pos += v; } }
+    return lab ? (100 * pos / lab).toFixed(1) + "%" : "-";
+  });
   const probes = Object.fromEntries(Object.entries(D.probes).map(([k, v]) => [k, { data: arr(v), cols: v.shape[1] || 1 }]));
   const nullN = M.null_n, g1 = normals(nullN, M.seed * 2 + 1), g2 = normals(nullN, M.seed * 2 + 2);
   if (L.tsne) layouts.tsne = { label: "t-SNE map", pcs: false };
@@ -277,6 +282,7 @@
 
   // ---- hover ----
   function hover(cb) {
+    if (!api.ready) return;
     const ind = cb.index && cb.index.indices;
     if (!ind || ind.length === 0) return;
     let best = ind[0];
@@ -314,7 +320,7 @@
   }
   // after each selection Bokeh reports its geometry: a point (tap; shift-tap appends) or a box or lasso
   async function geometry(g, final) {
-    if (final === false) return;
+    if (final === false || !api.ready) return;
     const token = ++state.busy;
     try {
       if (g.type === "point") {
@@ -365,11 +371,10 @@
     state.meanLatent = zm;
     let rows = "";
     for (let j = 0; j < A; j++) {
-      let pos = 0, lab = 0, allPos = 0, allLab = 0;
+      let pos = 0, lab = 0;
       for (const i of sel) { const v = labels[i * A + j]; if (v >= 0) { lab++; pos += v; } }
-      for (let i = 0; i < N; i++) { const v = labels[i * A + j]; if (v >= 0) { allLab++; allPos += v; } }
       rows += `<tr><td>${esc(D.attributes[j])}</td><td>${lab ? (100 * pos / lab).toFixed(1) + "%" : "-"}</td>` +
-              `<td>${allLab ? (100 * allPos / allLab).toFixed(1) + "%" : "-"}</td></tr>`;
+              `<td>${allShares[j]}</td></tr>`;
     }
     info.innerHTML = `<p><b id="selection-size">${sel.length.toLocaleString()}</b> points selected</p>` +
       `<figure><canvas id="mean-face" class="decoded"></canvas><figcaption>decoded from their mean latent</figcaption></figure>` +

@@ -1,0 +1,192 @@
+"""``zspace explore`` at the study's size: the page of every point of 202,599 synthetic faces, opened in Chromium.
+
+The run is real except its model: a decoder trained for one epoch on 2,000 faces (the page's costs do not depend
+on how good the model is), its checkpoint labelled with the bench cache's fingerprint so that ``zspace encode``
+takes it. Then encode, structure and tsne run as in ``zspace run``: the map is openTSNE's map of every latent.
+A smaller page (``ExploreConfig.n``) is a seeded sample of that map.
+
+In the browser (Debian chromium, headless, WebGL through SwiftShader: no GPU here) each page is timed from
+navigation to ready (every column decoded and drawn once), then a redraw after a zoom (the frame time of pan and
+zoom), a colour switch, and a hover (pointer moved onto a known point until its id shows; WebDriver's round trip
+included). There is no baseline to run: TensorBoard's Embedding Projector, the tool people use, needs a server
+and caps its map at 100,000 points.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from bench.measure import measure
+from bench.results import Row
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+
+
+def build_run(workdir: Path, n: int) -> Path:
+    """A finished run of ``n`` synthetic 96 px faces up to tsne (all points on the map), for explore."""
+    import torch
+
+    from engine.analysis.config import StatsConfig, StructureConfig, TSNEConfig
+    from engine.analysis.stats import compute_stats
+    from engine.analysis.structure import compute_structure
+    from engine.analysis.tsne import compute_tsne
+    from engine.data.imagecache import open_cache, prepare
+    from engine.model.checkpoint import read_checkpoint
+    from engine.model.config import ModelConfig, TrainConfig
+    from engine.model.encode import encode
+    from engine.model.train import train
+
+    side, run = workdir / "explore_model", workdir / "explore_run"
+    prepare("synthetic:2000", side, size=96, progress=False)
+    train(side, TrainConfig(epochs=1, device="cpu"), ModelConfig(), progress=False)
+    prepare(f"synthetic:{n}", run, size=96, progress=False)
+    (run / "checkpoints").mkdir()
+    ckpt = read_checkpoint(side / "checkpoints" / "best.pt")
+    ckpt["config"].setdefault("data", {})["cache_fingerprint"] = open_cache(run).attrs["fingerprint"]
+    torch.save(ckpt, run / "checkpoints" / "best.pt")
+    encode(run, device="cpu", progress=False)
+    compute_stats(run, StatsConfig(), progress=False)
+    compute_structure(run, StructureConfig(device="cpu"), progress=False)
+    compute_tsne(run, TSNEConfig(n=n), progress=False)
+    return run
+
+
+def _driver():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900",
+                 "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-first-run",
+                 "--host-resolver-rules=MAP * ~NOTFOUND"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+REDRAW_JS = """
+const done = arguments[arguments.length - 1];
+const m = Bokeh.documents[0].get_model_by_name('map'), pv = Bokeh.index.find_one(m);
+const times = []; let k = 0;
+function step() {
+  const t0 = performance.now();
+  const f = k % 2 ? 2 : 0.5, xr = m.x_range, yr = m.y_range;
+  const cx = (xr.start + xr.end) / 2, cy = (yr.start + yr.end) / 2;
+  const once = () => { pv.repainted.disconnect(once); times.push(performance.now() - t0); k++;
+                       if (k < 10) requestAnimationFrame(step); else done(times); };
+  pv.repainted.connect(once);
+  xr.setv({start: cx - (cx - xr.start) * f, end: cx + (xr.end - cx) * f});
+  yr.setv({start: cy - (cy - yr.start) * f, end: cy + (yr.end - cy) * f});
+}
+step();
+"""
+
+COLOUR_JS = """
+const done = arguments[arguments.length - 1];
+const pv = Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name('map'));
+const t0 = performance.now();
+const once = () => { pv.repainted.disconnect(once); done(performance.now() - t0); };
+pv.repainted.connect(once);
+zspace.setColour(arguments[0]);
+"""
+
+
+def _browser_mb(driver) -> float:
+    """Resident memory of every process of the browser (chromedriver's children), MB."""
+    import psutil
+
+    procs = psutil.Process(driver.service.process.pid).children(recursive=True)
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 1e6
+
+
+def browse(page: Path) -> dict:
+    """Load ``page`` in headless Chromium: seconds to ready, median redraw after a zoom (ms), colour switch (ms),
+    hover (ms), the browser's resident memory after them (MB)."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    d = _driver()
+    try:
+        d.set_script_timeout(120)
+        t0 = time.perf_counter()
+        d.get(page.resolve().as_uri())
+        while not d.execute_script("return !!(window.zspace && window.zspace.ready)"):
+            if time.perf_counter() - t0 > 300:
+                raise RuntimeError(f"{page} not ready after 300 s")
+            time.sleep(0.02)
+        ready = time.perf_counter() - t0
+        n = d.execute_script("return Bokeh.documents[0].get_model_by_name('points_source').data.x.length")
+        webgl = d.execute_script("return zspace.state.webgl")
+        redraw = d.execute_async_script(REDRAW_JS)
+        d.execute_script("Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name('map')).reset_range()")
+        time.sleep(0.5)
+        colour = d.execute_async_script(COLOUR_JS, "mahalanobis")
+        i = d.execute_script("const s = zspace.state; let b = 0; for (let i = 0; i < s.x.length; i++) "
+                             "if (s.x[i] > s.x[b]) b = i; return b;")
+        want = d.execute_script(f"return ZSPACE_DATA.ids[{i}]")
+        p = d.execute_script(f"return zspace.screenOf({i})")
+        ab = ActionBuilder(d)
+        ab.pointer_action.move_to_location(int(round(p["x"])) - 30, int(round(p["y"])))
+        ab.perform()
+        time.sleep(0.3)
+        t1 = time.perf_counter()
+        ab = ActionBuilder(d)
+        ab.pointer_action.move_to_location(int(round(p["x"])), int(round(p["y"])))
+        ab.perform()
+        while d.execute_script("const e = document.getElementById('hover-id'); return e && e.textContent") != want:
+            if time.perf_counter() - t1 > 30:
+                raise RuntimeError("hover never showed the point")
+        hover = time.perf_counter() - t1
+        return {"ready_s": ready, "n": n, "webgl": webgl, "redraw_ms": statistics.median(redraw),
+                "colour_ms": colour, "hover_ms": 1000 * hover, "browser_mb": _browser_mb(d)}
+    finally:
+        d.quit()
+
+
+def stage_explore(ctx) -> list[Row]:
+    from engine.explore.config import ExploreConfig
+    from engine.explore.page import explore
+
+    sizes = ctx["sizes"]
+    big = sizes.explore_rows
+    run = build_run(ctx["workdir"], big)
+    rows = []
+    for n in (sizes.explore_small_rows, big):
+        info = {}
+
+        def make():
+            info.update(explore(run, ExploreConfig(n=None if n == big else n, device="cpu"), progress=False))
+
+        t, peak = measure(make, 1)
+        mb = info["total_bytes"] / 1e6
+        parts = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in info["bytes"].items())
+        rows.append(Row("explore_page", f"{n:,} points", t, float("nan"),
+                        "zspace explore: columns, float16 latents, thumbnail atlases (images and decoded "
+                        "reconstructions, 48 px JPEG), BokehJS", "-", f"{n / t:,.0f} points/s", peak_mb=peak,
+                        notes=f"{mb:.1f} MB in all ({parts} MB); no baseline: TensorBoard's projector needs a "
+                              f"server and caps its map at 100,000 points",
+                        extra={"bytes": info["total_bytes"]}))
+        if CHROMIUM is None or CHROMEDRIVER is None:
+            rows[-1].notes += "; no chromium + chromedriver here, so the page was not opened"
+            continue
+        b = browse(run / "explore" / "index.html")
+        if b["n"] != n:
+            raise RuntimeError(f"the page drew {b['n']} points, expected {n}")
+        rows.append(Row("explore_browser", f"{n:,} points", b["ready_s"], float("nan"),
+                        "the page in headless Chromium: load to ready (every column decoded, drawn once)", "-",
+                        f"redraw {b['redraw_ms']:.0f} ms", peak_mb=b["browser_mb"], notes=(
+                            f"{'WebGL (SwiftShader, no GPU)' if b['webgl'] else 'canvas (no WebGL)'}; median redraw "
+                            f"after a zoom {b['redraw_ms']:.0f} ms ({1000 / b['redraw_ms']:.1f} frames/s), colour "
+                            f"switch {b['colour_ms']:.0f} ms, hover to the point's id and thumbnail "
+                            f"{b['hover_ms']:.0f} ms (WebDriver round trips included); memory: the browser's resident set "
+                            f"after these (all its processes); no baseline (as above)"),
+                        extra=b))
+    return rows
