@@ -5,6 +5,7 @@
     SOURCE --prepare--> RUN/images.zarr --train--> RUN/checkpoints/ --encode--> RUN/latents.zarr
     latents.zarr --stats / structure / tsne--> RUN/<stage>/*.json, *.png
     checkpoint + latents --generate / paths / compare--> RUN/generate/      everything --report--> RUN/report/
+    latents + maps + images + decoder --explore--> RUN/explore/ (an offline page of every point)
 
 Design
 ------
@@ -54,6 +55,7 @@ Layout
       generation/       samplers, decoding, paths, the judge, the quality judge, compare, facemap
       attributes/       attribute readouts, directions, decoded traversals judged by the attribute classifier
       report/           the report page
+      explore/          the explore page: a WebGL map of every point (Bokeh), thumbnails, the decoder in JS
       contrast/         several runs side by side: what holds in every run, what differs
       pipeline.py       zspace run: the stages in order, skipping finished ones; zspace verify
     kernels/            numba kernels and the numpy references they are checked against
@@ -61,13 +63,13 @@ Layout
     bench/              the benchmark harness, results.json, RESULTS.md
 
 Imports flow one way, data <- model <- latents <- analysis <- generation <- attributes <- report <-
-contrast <- pipeline <- cli; ``tests/test_layout.py`` reads every module's imports and fails on
+explore <- contrast <- pipeline <- cli; ``tests/test_layout.py`` reads every module's imports and fails on
 an upward import, a cycle, an import hidden in a function or a private name taken
 from another module. Each subpackage's docstring describes its verbs in full
 (``engine.data``: prepare; ``engine.model``: train, encode, several processes and
 machines; ``engine.latents``: import-latents; ``engine.analysis``: stats, structure,
 tsne, ``--dask``; ``engine.generation``: generate, paths, judge, compare, facemap;
-``engine.report``: report).
+``engine.report``: report; ``engine.explore``: explore).
 
 Memory
 ------
@@ -89,6 +91,7 @@ paths                  streams the fit (``GaussianFit``); loads 5,000 random row
 generate, compare      load all rows of z (samplers are fitted on the whole cloud; FAISS indexes
                        the training latents)
 report                 reads JSON and figures only
+explore                holds the map's rows of z (and its columns) and decodes them in blocks
 =====================  ==========================================================================
 
 The pipeline's verbs (engine.pipeline)
@@ -96,7 +99,7 @@ The pipeline's verbs (engine.pipeline)
 ``zspace run [SOURCE] --run DIR [--quick] [--until STAGE] [--model ae|vae|rae] [--epochs N] [--size S]
 [--z-dim D] [--k K] [--tsne-n N] [--attrs FILE] [--compare-n N] [--facemap-n N] [--seed S] [--nproc N]
 [--dask ADDRESS|local:N]``: the main job: prepare, train, encode, stats, structure, tsne, attributes, compare,
-facemap and report in order. A stage that
+facemap, report and explore (with zspace[explore]) in order. A stage that
 finished with the same options and inputs is skipped; an interrupted one runs again and resumes (prepare,
 train and encode pick up where they stopped); a changed option reruns that stage and every stage after it
 (keys in ``DIR/pipeline.json``). Prints each stage's time and where the report is. SOURCE defaults to the
@@ -132,6 +135,7 @@ Every verb on a small synthetic set (about 3 minutes on 2 cores)::
     zspace compare --run runs/s --n 300                              # -> runs/s/generate/compare.md
     zspace facemap --run runs/s --n 400                              # -> runs/s/facemap/: region or voids?
     zspace report --run runs/s                                       # open runs/s/report/index.html
+    zspace explore --run runs/s                                      # open runs/s/explore/index.html
     zspace run synthetic:2000 --run runs/v --quick --model vae       # a VAE of the same architecture
     zspace contrast runs/s runs/v --out runs/ae_vs_vae               # what holds in both -> index.html
     zspace import-latents my_latents.npy --run runs/mine && zspace stats --run runs/mine
