@@ -85,7 +85,7 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-__all__ = ["CASCADE", "DependencyError", "explain_import_error", "face_detector"]
+__all__ = ["CASCADE", "DependencyError", "EXPLORE_FIX", "bokeh_version", "explain_import_error", "face_detector"]
 
 
 EXPLORE_FIX = "pip install 'zspace[explore]' (Bokeh >= 3.4, whose BokehJS the page carries)"
@@ -99,7 +99,7 @@ def bokeh_version() -> str:
     except ImportError:
         raise DependencyError(f"the explore page needs Bokeh, which is not installed: {EXPLORE_FIX}") from None
     version = getattr(bokeh, "__version__", "0")
-    major, minor = (int(x) for x in re.findall(r"\d+", version)[:2])
+    major, minor = ([int(x) for x in re.findall(r"\d+", version)] + [0, 0])[:2]
     if (major, minor) < (3, 4):
         raise DependencyError(f"the explore page needs Bokeh >= 3.4, found {version}: {EXPLORE_FIX}")
     return version

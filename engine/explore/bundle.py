@@ -71,14 +71,14 @@ def folded_decoder(model) -> dict:
     i = 0
     while i < len(mods):
         conv = mods[i]
-        w = conv.weight.detach().double()  # (in, out, k, k)
-        b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[1], dtype=torch.float64)
+        w = conv.weight.detach().cpu().double()  # (in, out, k, k)
+        b = conv.bias.detach().cpu().double() if conv.bias is not None else torch.zeros(w.shape[1], dtype=torch.float64)
         act = "sigmoid"
         if i + 1 < len(mods) and isinstance(mods[i + 1], torch.nn.BatchNorm2d):
             bn = mods[i + 1]
-            scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            scale = bn.weight.detach().cpu().double() / torch.sqrt(bn.running_var.cpu().double() + bn.eps)
             w = w * scale.view(1, -1, 1, 1)
-            b = (b - bn.running_mean.double()) * scale + bn.bias.detach().double()
+            b = (b - bn.running_mean.cpu().double()) * scale + bn.bias.detach().cpu().double()
             act = "leaky"
             i += 3  # conv, batch norm, LeakyReLU
         else:
@@ -89,23 +89,30 @@ def folded_decoder(model) -> dict:
                        "b": _array(b.float().numpy())})
     return {"z_dim": cfg.z_dim, "side": model.side, "channels": cfg.widths[-1], "size": cfg.size,
             "leak": cfg.leak,
-            "dense_w": _array(model.from_z.weight.detach().float().numpy()),  # (flat, D), flat in (c, y, x) order
-            "dense_b": _array(model.from_z.bias.detach().float().numpy()), "layers": layers}
+            "dense_w": _array(model.from_z.weight.detach().cpu().float().numpy()),  # (flat, D), flat in (c, y, x)
+            "dense_b": _array(model.from_z.bias.detach().cpu().float().numpy()), "layers": layers}
 
 
 def write_decoder(out: Path, model) -> int:
-    text = "window.ZSPACE_DECODER = " + json.dumps(folded_decoder(model), separators=(",", ":")) + ";\n"
+    """``decoder.js``: the folded decoder, or null when the page has none (no trusted checkpoint)."""
+    body = json.dumps(folded_decoder(model), separators=(",", ":")) if model is not None else "null"
+    text = "window.ZSPACE_DECODER = " + body + ";\n"
     write_text_atomic(out / "decoder.js", text)
     return len(text)
 
 
+F16_MAX = 65504.0
+
+
 def write_latents(out: Path, pts: Points, cfg: ExploreConfig) -> int:
-    """``z/z_XXXX.js``: float16 latents and neighbour positions, ``cfg.chunk`` points a file; returns bytes."""
+    """``z/z_XXXX.js``: float16 latents (float32 when a value is beyond float16's range) and neighbour positions,
+    ``cfg.chunk`` points a file; returns bytes."""
     folder = out / "z"
     folder.mkdir(exist_ok=True)
     total = 0
+    dtype = np.float16 if np.abs(pts.z).max(initial=0.0) < F16_MAX else np.float32
     for c, s in enumerate(range(0, pts.n, cfg.chunk)):
-        z16 = pts.z[s : s + cfg.chunk].astype(np.float16)
+        z16 = pts.z[s : s + cfg.chunk].astype(dtype)
         nb = pts.neighbours[s : s + cfg.chunk] if pts.neighbours is not None else np.zeros((len(z16), 0), np.int32)
         text = (f"zspace.chunk({c},{json.dumps(_array(z16))},{json.dumps(_array(np.ascontiguousarray(nb)))});\n")
         write_text_atomic(folder / f"z_{c:04d}.js", text)
@@ -129,17 +136,18 @@ def atlas_of(thumbs: np.ndarray, per_side: int) -> np.ndarray:
     return grid.reshape(rows, per_side, t, t, 3).transpose(0, 2, 1, 3, 4).reshape(rows * t, per_side * t, 3)
 
 
-def write_thumbnails(out: Path, run: Path, pts: Points, cfg: ExploreConfig, model, dev, prec,
-                     progress: bool) -> dict:
+def write_thumbnails(out: Path, run: Path, pts: Points, cfg: ExploreConfig, decoder, progress: bool) -> dict:
     """Atlases of the run's images at the points' rows and of the decoder's reconstructions of their latents.
-    Without an image cache (latents brought in with import-latents) only reconstructions are written."""
+    Without an image cache whose rows are the latents' only reconstructions are written; without a decoder
+    ((model, device, precision) or None) only images."""
     folder = out / "thumbs"
     folder.mkdir(exist_ok=True)
     images = None
     try:
         cache = open_cache(run)
-        lat_ids = open_latents(run)["ids"] if "ids" in open_latents(run) else None
-        same_rows = (cache["images"].shape[0] == open_latents(run)["z"].shape[0]
+        latents = open_latents(run)
+        lat_ids = latents["ids"] if "ids" in latents else None
+        same_rows = (cache["images"].shape[0] == latents["z"].shape[0]
                      and (lat_ids is None or np.array_equal(np.asarray(cache["ids"][:]), np.asarray(lat_ids[:]))))
         images = cache["images"] if same_rows else None
         if not same_rows:
@@ -151,8 +159,10 @@ def write_thumbnails(out: Path, run: Path, pts: Points, cfg: ExploreConfig, mode
     bar = tqdm(total=pts.n, unit="pt", desc="thumbnails", disable=None if progress else True, leave=False)
     for a, s in enumerate(range(0, pts.n, per)):
         rows = pts.rows[s : s + per]
-        recon = decode_with(model, pts.z[s : s + per], dev, prec)
-        kinds = {"rec": recon}
+        kinds = {}
+        if decoder is not None:
+            model, dev, prec = decoder
+            kinds["rec"] = decode_with(model, pts.z[s : s + per], dev, prec)
         if images is not None:
             kinds["img"] = np.asarray(images.oindex[rows])
         for kind, batch in kinds.items():

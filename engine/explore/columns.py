@@ -93,6 +93,12 @@ def _tsne(run: Path) -> dict | None:
     if "rows" not in out or "embedding" not in out or len(out["rows"]) != len(out["embedding"]):
         logger.warning("%s lacks rows or embedding: the page has no t-SNE map", path)
         return None
+    n_lat = open_latents(run)["z"].shape[0]
+    rows = out["rows"]
+    if len(rows) and (rows.min() < 0 or rows.max() >= n_lat or np.any(np.diff(rows) <= 0)):
+        logger.warning("%s holds rows that latents.zarr (%d rows) does not: the page has no t-SNE map (run "
+                       "'zspace tsne --run %s' to refresh it)", path, n_lat, run)
+        return None
     return out
 
 
@@ -132,6 +138,8 @@ def _labels(run: Path, rows: np.ndarray) -> tuple[list[str], np.ndarray | None, 
         names, values, info = run_labels(run, source)
     except (LabelsError, FileNotFoundError) as exc:
         return [], None, str(exc).split(":")[0]
+    if info.get("latents_rows_match") is False:
+        return [], None, "the labels follow images.zarr, whose rows are not latents.zarr's (imported latents?)"
     if values.shape[0] <= rows.max(initial=-1):
         return [], None, f"labels of {values.shape[0]} rows for latents of more"
     return list(names), values[rows].astype(np.int8), str(info.get("source") or "prepare")
@@ -147,11 +155,11 @@ def gather(run_dir: str | os.PathLike, cfg: ExploreConfig) -> Points:
     rows, take = page_rows(n_lat, tsne, cfg)
     ids = ([str(i) for i in np.asarray(group["ids"].oindex[rows]).tolist()] if "ids" in group
            else [str(r) for r in rows])
-    fit = GaussianFit().fit(z)
     zr = latent_rows(z, rows)
     if not np.isfinite(zr).all():
         bad = int(rows[np.flatnonzero(~np.isfinite(zr).all(axis=1))[0]])
         raise ValueError(f"latent row {bad} holds NaN or inf: rerun 'zspace encode --run {run}'")
+    fit = GaussianFit().fit(z)
     pts = Points(rows=rows, ids=ids, z=zr)
     pcs = min(cfg.pcs, d)
     if tsne is not None:
@@ -191,7 +199,9 @@ def gather(run_dir: str | os.PathLike, cfg: ExploreConfig) -> Points:
     if knn is not None:
         where = np.full(n_lat, -1, np.int64)
         where[rows] = np.arange(len(rows))
-        pts.neighbours = where[knn[:, : cfg.neighbours]].astype(np.int32)
+        knn = knn[:, : cfg.neighbours]
+        # -1: a point the graph left out (structure --sample) or one not on this map
+        pts.neighbours = np.where(knn >= 0, where[np.maximum(knn, 0)], -1).astype(np.int32)
     else:
         pts.meta.setdefault("missing", []).append(f"nearest neighbours: run 'zspace structure --run {run}'")
 

@@ -14,6 +14,7 @@ dense layer and four transposed convolutions, about 10 MFLOP an image).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -27,8 +28,11 @@ from engine.deps import bokeh_version
 from engine.explore.bundle import write_data, write_decoder, write_latents, write_thumbnails
 from engine.explore.columns import gather
 from engine.explore.config import ExploreConfig
-from engine.files import write_json_atomic, write_text_atomic
+from engine.data.imagecache import open_cache
+from engine.files import swap_in, write_json_atomic, write_text_atomic
 from engine.generation.generate import load_model
+from engine.latents.store import latents_key, open_latents
+from engine.layout import latents_path
 
 logger = logging.getLogger(__name__)
 
@@ -108,26 +112,60 @@ point: the decoded path between them</p><div id="neighbours" class="strip"></div
 """
 
 
+def _decoder(run: Path, device: str):
+    """(model, device, precision) of the checkpoint that encoded the latents, or None when there is none to trust:
+    no checkpoint, or latents brought in with import-latents (another model's z; this decoder would mislead)."""
+    if "checkpoint_sha256" not in open_latents(run).attrs:
+        logger.warning("%s holds latents zspace encode did not write (import-latents?): the page has no "
+                       "reconstructions, decoded paths or mean faces", latents_path(run))
+        return None
+    try:
+        return load_model(run, device=device)
+    except FileNotFoundError as exc:
+        logger.warning("%s: the page has no reconstructions, decoded paths or mean faces", exc)
+        return None
+
+
 def explore(run_dir: str | os.PathLike, config: ExploreConfig | None = None, progress: bool = True) -> dict:
-    """Write RUN/explore/ (index.html and its data) for the run's points; returns what went in and its sizes."""
+    """Write RUN/explore/ (index.html and its data) for the run's points; returns what went in and its sizes.
+
+    The new page is built in RUN/explore.partial and swapped in whole: a failed or interrupted build leaves
+    the old page as it was."""
     cfg = config or ExploreConfig()
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} does not exist")
     version = bokeh_version()  # before any work: one line saying what to install
     t0 = time.perf_counter()
-    out = run / "explore"
     tmp = run / "explore.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        info = _build(run, tmp, cfg, version, progress)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json_atomic(tmp / "explore.json", info)
+    out = run / "explore"
+    swap_in(tmp, out)
+    return {**info, "page": str(out / "index.html")}
+
+
+def _build(run: Path, tmp: Path, cfg: ExploreConfig, version: str, progress: bool) -> dict:
     (tmp / "bokeh").mkdir(parents=True)
-    model, dev, prec = load_model(run, device=cfg.device)
+    decoder = _decoder(run, cfg.device)
     pts = gather(run, cfg)
-    cfg = replace(cfg, thumb=min(cfg.thumb, model.config.size))  # never larger than the images
-    thumbs = write_thumbnails(tmp, run, pts, cfg, model, dev, prec, progress)
-    pts.meta.update({"chunk": cfg.chunk, "thumb": cfg.thumb, "atlas": cfg.atlas, "images": thumbs["images"]})
-    sizes = {"data.js": write_data(tmp, pts), "decoder.js": write_decoder(tmp, model),
-             "z": write_latents(tmp, pts, cfg), **{f"thumbs/{k}": v for k, v in thumbs["bytes"].items()}}
+    size = decoder[0].config.size if decoder else None
+    if size is None:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            size = int(open_cache(run)["images"].shape[1])
+    cfg = replace(cfg, thumb=min(cfg.thumb, size or cfg.thumb))  # never larger than the images
+    thumbs = write_thumbnails(tmp, run, pts, cfg, decoder, progress)
+    pts.meta.update({"chunk": cfg.chunk, "thumb": cfg.thumb, "atlas": cfg.atlas, "images": thumbs["images"],
+                     "reconstructions": decoder is not None})
+    sizes = {"data.js": write_data(tmp, pts), "z": write_latents(tmp, pts, cfg),
+             **{f"thumbs/{k}": v for k, v in thumbs["bytes"].items()}}
+    sizes["decoder.js"] = write_decoder(tmp, decoder[0] if decoder else None)
     import bokeh  # its presence was checked by bokeh_version()
 
     static = Path(bokeh.__file__).parent / "server" / "static" / "js"
@@ -139,14 +177,9 @@ def explore(run_dir: str | os.PathLike, config: ExploreConfig | None = None, pro
     script, div_map, div_null = _bokeh_doc()
     title = f"zspace explore: {run.resolve().name}"
     write_text_atomic(tmp / "index.html", _html(title, script, div_map, div_null))
-    info = {"n": pts.n, "n_latents": pts.meta["n_latents"], "all_points": pts.meta["all_points"],
+    return {"n": pts.n, "n_latents": pts.meta["n_latents"], "all_points": pts.meta["all_points"],
             "layouts": sorted(pts.layouts), "colours": [c.name for c in pts.colours],
             "attributes": pts.attributes, "probes": int(len(pts.probes.get("depth", ()))),
-            "thumb": cfg.thumb, "images": thumbs["images"], "bokeh": version, "bytes": sizes,
-            "total_bytes": sum(sizes.values()), "missing": pts.meta.get("missing", []),
-            "config": json.loads(json.dumps(cfg.__dict__)), "seconds": round(time.perf_counter() - t0, 2)}
-    write_json_atomic(tmp / "explore.json", info)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)  # the old page stays whole until the new one is
-    return {**info, "page": str(out / "index.html")}
+            "thumb": cfg.thumb, "images": thumbs["images"], "decoder": decoder is not None, "bokeh": version,
+            "bytes": sizes, "total_bytes": sum(sizes.values()), "missing": pts.meta.get("missing", []),
+            "inputs": {"latents_key": latents_key(run)}, "config": json.loads(json.dumps(cfg.__dict__))}

@@ -508,12 +508,15 @@ def _header(run: Path) -> tuple[str, list[str]]:
 def _explore_link(run: Path) -> tuple[str, str]:
     """(html, markdown) of the line at the report's top: the explore page when it exists, else how to make it."""
     info = _json(run / "explore" / "explore.json")
-    if (run / "explore" / "index.html").exists() and info:
+    if (run / "explore" / "index.html").exists() and info and not stale(info, run):
         what = f"{info.get('n', 0):,} points" + (" (every latent)" if info.get("all_points") else "")
         return (f'<p class="explore"><a id="explore-link" href="../explore/index.html">Explore every point</a>: '
                 f"the map of {html.escape(what)}, each point's face on hover, decoded paths and selections.</p>",
                 f"[Explore every point](../explore/index.html): the map of {what}.")
     cmd = f"zspace explore --run {run}"
+    if info and (run / "explore" / "index.html").exists():  # a page of other latents than these
+        return (f'<p class="missing">The explore page shows other latents than these: <code>{html.escape(cmd)}'
+                f"</code> makes it again.</p>", f"The explore page shows other latents than these: `{cmd}`.")
     return (f'<p class="missing">Not made yet: the explore page of every point (<code>{html.escape(cmd)}</code>, '
             f"needs <code>pip install 'zspace[explore]'</code>).</p>", f"Not made yet: the explore page (`{cmd}`).")
 

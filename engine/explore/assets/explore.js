@@ -271,7 +271,11 @@
   // ---- thumbnails: atlas sprites ----
   const T = M.thumb, PER = M.atlas, SHOW = 64;
   function sprite(el, kind, i) {
-    if (kind === "img" && !M.images) { el.style.backgroundImage = "none"; el.title = "no image cache in this run"; return null; }
+    if ((kind === "img" && !M.images) || (kind === "rec" && !M.reconstructions)) {
+      el.style.backgroundImage = "none";
+      el.title = kind === "img" ? "no image cache with these latents' rows" : "no decoder for these latents";
+      return null;
+    }
     const a = Math.floor(i / (PER * PER)), t = i % (PER * PER), col = t % PER, row = Math.floor(t / PER);
     const src = `thumbs/${kind}_${String(a).padStart(4, "0")}.jpg`, f = SHOW / T;
     el.style.backgroundImage = `url("${src}")`;
@@ -346,6 +350,7 @@
       `<div class="thumb" data-i="${j}" title="${esc(ids[j])}"></div>`).join("");
     for (const el of $("neighbours").querySelectorAll(".thumb")) sprite(el, M.images ? "img" : "rec", +el.dataset.i);
     if (b == null) b = shown.length ? shown[0] : null;
+    if (!DEC) { $("path").innerHTML = "<p class=\"hint\">no decoder for these latents: paths are not decoded</p>"; return; }
     if (b == null) { $("path").innerHTML = "<p class=\"hint\">no neighbour on this map to walk to</p>"; return; }
     const [za, zb] = await latents([a, b]);
     if (token !== state.busy) return;
@@ -377,9 +382,10 @@
               `<td>${allShares[j]}</td></tr>`;
     }
     info.innerHTML = `<p><b id="selection-size">${sel.length.toLocaleString()}</b> points selected</p>` +
-      `<figure><canvas id="mean-face" class="decoded"></canvas><figcaption>decoded from their mean latent</figcaption></figure>` +
+      (DEC ? `<figure><canvas id="mean-face" class="decoded"></canvas><figcaption>decoded from their mean latent</figcaption></figure>`
+           : `<p class="hint">no decoder for these latents: no mean face</p>`) +
       (A ? `<table id="shares"><tr><th>attribute</th><th>selection</th><th>all</th></tr>${rows}</table>` : "");
-    drawDecoded($("mean-face"), decode(zm));
+    if (DEC) drawDecoded($("mean-face"), decode(zm));
   }
 
   // ---- controls ----
