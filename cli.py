@@ -176,6 +176,9 @@ def cmd_run(args) -> None:
         print(f"  {stage:<10} {secs if isinstance(secs, str) else f'{secs:8.1f} s'}")
     if res["report"]:
         print(f"report: {res['report']}  (open it in a browser; the folder {Path(res['report']).parent} is self-contained)")
+    page = Path(args.run) / "explore" / "index.html"
+    if page.exists():
+        print(f"explore: {page}  (every point; opens from disk, no server)")
 
 
 def cmd_verify(args) -> int:
@@ -510,7 +513,8 @@ def _generation_verbs(verb, sub) -> None:
 
 
 def _run_verbs(verb, sub) -> None:
-    sp = verb("run", cmd_run, "the main job: prepare, train, encode, stats, structure, tsne, compare, facemap, report; "
+    sp = verb("run", cmd_run, "the main job: prepare, train, encode, stats, structure, tsne, attributes, compare, "
+                              "facemap, report, explore; "
                               "finished stages are skipped, changed ones rerun")
     sp.add_argument("source", metavar="SOURCE", nargs="?", default=None,
                     help="as for prepare (default: the built-in synthetic:10000, or synthetic:3000 with --quick)")
