@@ -6,6 +6,8 @@
   const D = window.ZSPACE_DATA, DEC = window.ZSPACE_DECODER, M = D.meta;
   const CATEGORICAL = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
   const PATH_STEPS = 8, SHOWN_NEIGHBOURS = 12;
+  // a second map doubles every frame's drawing: beside the data only when the page is small, else on request
+  const NULL_SHOWN_UP_TO = 50000;
   const $ = (id) => document.getElementById(id);
 
   // ---- arrays: base64 of little-endian typed arrays ----
@@ -203,10 +205,10 @@
     if (i != null) state.pcx = i;
     if (j != null) state.pcy = j;
     const c = coords(name, state.pcx, state.pcy);
-    state.x = c.x; state.y = c.y; state.px = c.px; state.py = c.py;
+    state.x = c.x; state.y = c.y; state.px = c.px; state.py = c.py; state.nx = c.nx; state.ny = c.ny;
     const src = model("points_source");
     src.data = { x: c.x, y: c.y, c: currentColour() };
-    model("null_source").data = { x: c.nx, y: c.ny };
+    drawNull();
     updateProbes();
     $("pc-axes").style.display = layouts[name].pcs ? "" : "none";
     for (const m of ["map", "null_map"]) { const v = view(model(m)); if (v) v.reset_range(); }
@@ -214,6 +216,11 @@
     model("null_map").title.text = "null (fitted normal): " + (name === "tsne" ? "its t-SNE map" : "draws, same plane");
     clearHighlight();
     status();
+  }
+  function drawNull() {  // the null map's points are handed to Bokeh only while it is shown
+    const on = $("show-null").checked;
+    $("map-null").style.display = on ? "" : "none";
+    model("null_source").data = on ? { x: state.nx, y: state.ny } : { x: [], y: [] };
   }
   function currentColour() {
     const c = byName[state.colour];
@@ -403,6 +410,7 @@
   function start() {
     doc = window.Bokeh.documents.find((d) => d.get_model_by_name("points_source"));
     viridis = model("mapper").palette.slice();
+    $("show-null").checked = N <= NULL_SHOWN_UP_TO;
     const names = Object.keys(layouts);
     fillSelect($("layout"), names.map((k) => [k, layouts[k].label]), names[0]);
     const pcs = [...Array(M.pcs).keys()].map((k) => [k, `PC${k + 1}`]);
@@ -418,7 +426,7 @@
     $("pcx").onchange = (e) => setLayout("pca", +e.target.value, null);
     $("pcy").onchange = (e) => setLayout("pca", null, +e.target.value);
     $("colour").onchange = (e) => setColour(e.target.value);
-    $("show-null").onchange = (e) => { $("map-null").style.display = e.target.checked ? "" : "none"; window.dispatchEvent(new Event("resize")); };
+    $("show-null").onchange = () => { drawNull(); window.dispatchEvent(new Event("resize")); };
     const missing = M.missing || [];
     $("missing").textContent = missing.length ? "Not on this page: " + missing.join("; ") : "";
     api.ready = true;
