@@ -208,7 +208,7 @@ def cmd_report(args) -> dict:
 def cmd_explore(args) -> dict:
     from engine.explore.page import explore
 
-    cfg = ExploreConfig(n=args.n, thumb=args.thumb, pcs=args.pcs, seed=args.seed, device=args.device)
+    cfg = ExploreConfig(n=args.n, thumb=args.thumb, pcs=args.pcs, draw=args.draw, seed=args.seed, device=args.device)
     res = explore(args.run, cfg, progress=not args.quiet)
     return {"page": res["page"], "points": res["n"], "all_points": res["all_points"], "colours": res["colours"],
             "megabytes": round(res["total_bytes"] / 1e6, 1), "seconds": res["seconds"], "missing": res["missing"]}
@@ -549,6 +549,9 @@ def _run_verbs(verb, sub) -> None:
                     help=f"thumbnail side in pixels, at most {MAX_THUMB} (default {ExploreConfig.thumb})")
     sp.add_argument("--pcs", type=_positive_int, default=ExploreConfig.pcs,
                     help=f"principal axes the page can plot against each other (default {ExploreConfig.pcs})")
+    sp.add_argument("--draw", type=int, default=ExploreConfig.draw,
+                    help=f"points drawn at once, a uniform sample of those in view; all of them once the view holds "
+                         f"no more (default {ExploreConfig.draw:,}; 0: every point at every zoom, for a GPU)")
     sp.add_argument("--seed", type=int, default=ExploreConfig.seed, help="seed of the null model's draws")
     sp.add_argument("--device", default=ExploreConfig.device, help="where the reconstructions are decoded")
     sp = verb("verify", cmd_verify, "check every store, checkpoint and output of RUN; say what is damaged and what "

@@ -269,6 +269,26 @@ def _pointer(driver, x: float, y: float, click: bool = False) -> None:
     ab.perform()
 
 
+def _drag(driver, x0: float, y0: float, w: float, h: float) -> None:
+    """Drag the box select from (35%, 30%) to (65%, 70%) of the frame. WebDriver's synthetic drag is now and then
+    lost while the software renderer is busy with a frame (no selection geometry reaches the page): up to three
+    tries, each checked on the page's count of the geometries Bokeh reported."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    for _ in range(3):
+        before = driver.execute_script("return zspace.state.geometries || 0")
+        ab = ActionBuilder(driver)
+        ab.pointer_action.move_to_location(int(x0 + 0.35 * w), int(y0 + 0.3 * h)).pointer_down()
+        ab.pointer_action.move_to_location(int(x0 + 0.5 * w), int(y0 + 0.5 * h))
+        ab.pointer_action.move_to_location(int(x0 + 0.65 * w), int(y0 + 0.7 * h)).pointer_up()
+        ab.perform()
+        for _ in range(30):
+            if driver.execute_script("return zspace.state.geometries || 0") > before:
+                return
+            time.sleep(0.1)
+    raise AssertionError("three box drags reached the page as no selection")
+
+
 def _text(driver, element_id: str) -> str:
     return driver.execute_script(f"const e = document.getElementById('{element_id}'); return e ? e.textContent : null")
 
@@ -353,13 +373,7 @@ def test_page_in_a_real_browser(explored):
             "const pv = Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name('map')); const f = pv.frame.bbox;"
             "const e = pv.canvas_view.events_el.getBoundingClientRect(); return [e.left + f.left, e.top + f.top, "
             "f.width, f.height]")
-        from selenium.webdriver.common.actions.action_builder import ActionBuilder
-
-        ab = ActionBuilder(driver)
-        ab.pointer_action.move_to_location(int(x0 + 0.35 * w), int(y0 + 0.3 * h)).pointer_down()
-        ab.pointer_action.move_to_location(int(x0 + 0.5 * w), int(y0 + 0.5 * h))
-        ab.pointer_action.move_to_location(int(x0 + 0.65 * w), int(y0 + 0.7 * h)).pointer_up()
-        ab.perform()
+        _drag(driver, x0, y0, w, h)
         for _ in range(50):
             if _text(driver, "selection-size") and driver.execute_script("return !!document.getElementById('mean-face')"):
                 break
@@ -426,3 +440,61 @@ def test_run_without_bokeh_leaves_explore_and_runs_the_rest(finished_run, tmp_pa
     assert all(v == "skipped" for k, v in res["seconds"].items() if k not in ("report", "explore"))
     assert not (run / "explore").exists()
     assert "Not made yet: the explore page" in (run / "report" / "index.html").read_text()
+
+
+@requires_chromium
+def test_a_large_map_draws_a_sample_in_view_and_selects_every_point(explored, tmp_path):
+    """Level of detail: with draw = 100 of 240 points Bokeh gets the first 100 in view; zoomed in to fewer, every
+    point in view; a box selects every point inside it, drawn or not."""
+    run = _copy(explored, tmp_path)
+    explore(run, ExploreConfig(thumb=32, atlas=8, chunk=128, pcs=6, draw=100, device="cpu"), progress=False)
+    driver = _browser()
+    try:
+        _open(driver, run)
+        xs, ys = driver.execute_script("return [Array.from(zspace.state.x), Array.from(zspace.state.y)]")
+        xs, ys = np.asarray(xs), np.asarray(ys)
+
+        def drawn():
+            return np.asarray(driver.execute_script("return Array.from(zspace.state.drawn)"), int)
+
+        def ranges():
+            return driver.execute_script("const m = Bokeh.documents[0].get_model_by_name('map'); "
+                                         "return [m.x_range.start, m.x_range.end, m.y_range.start, m.y_range.end]")
+
+        def in_view(r):
+            return set(np.flatnonzero((xs >= r[0]) & (xs <= r[1]) & (ys >= r[2]) & (ys <= r[3])).tolist())
+
+        assert driver.execute_script("return Bokeh.documents[0].get_model_by_name('points_source').data.x.length") == 100
+        assert len(set(drawn().tolist())) == 100 and set(drawn().tolist()) <= in_view(ranges())
+        assert "drawing 100 of the 240 in view" in _text(driver, "status")
+        # zoom to a window around the median point holding fewer than 100: every point in it is drawn
+        cx, cy = float(np.median(xs)), float(np.median(ys))
+        half = 0.25 * (xs.max() - xs.min())
+        while len(in_view((cx - half, cx + half, cy - half, cy + half))) >= 100:
+            half *= 0.8
+        driver.execute_script(f"const m = Bokeh.documents[0].get_model_by_name('map'); "
+                              f"m.x_range.setv({{start: {cx - half}, end: {cx + half}}}); "
+                              f"m.y_range.setv({{start: {cy - half}, end: {cy + half}}});")
+        for _ in range(50):  # redrawn once the ranges settle
+            if set(drawn().tolist()) == in_view(ranges()):
+                break
+            time.sleep(0.1)
+        assert set(drawn().tolist()) == in_view(ranges()) and len(drawn()) < 100
+        # back to the whole map; a box counts every point inside it, drawn or not
+        driver.execute_script("zspace.setLayout('tsne')")
+        driver.execute_script("Bokeh.documents[0].get_model_by_name('map').toolbar.tools"
+                              ".find(t => t.type === 'BoxSelectTool').active = true;")
+        x0, y0, w, h = driver.execute_script(
+            "const pv = Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name('map')); const f = pv.frame.bbox;"
+            "const e = pv.canvas_view.events_el.getBoundingClientRect(); return [e.left + f.left, e.top + f.top, "
+            "f.width, f.height]")
+        r = ranges()
+        _drag(driver, x0, y0, w, h)
+        bx = sorted(r[0] + f * (r[1] - r[0]) for f in (0.35, 0.65))
+        by = sorted(r[3] - f * (r[3] - r[2]) for f in (0.3, 0.7))
+        inside = set(np.flatnonzero((xs > bx[0]) & (xs < bx[1]) & (ys > by[0]) & (ys < by[1])).tolist())
+        sel = set(driver.execute_script("return zspace.state.selection"))
+        assert len(inside ^ sel) <= 0.05 * len(sel) + 2 and len(sel) > len(sel & set(drawn().tolist()))
+        assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()

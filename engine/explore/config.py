@@ -16,6 +16,9 @@ class ExploreConfig:
     quality: int = 88  # JPEG quality of the thumbnail atlases
     atlas: int = 32  # thumbnails per atlas side: an atlas holds atlas^2 of them (loaded only when one is hovered)
     pcs: int = 10  # principal axes whose coordinates the page carries (any two of them make a plane)
+    draw: int = 10000  # points handed to the WebGL scatter at once: the first in view of a seeded permutation
+    #                   (every point once the view holds no more); 0: every point at every zoom. A frame costs about
+    #                   0.15 s + 20 us a point in Chromium's software WebGL on 2 cores; a GPU draws far more
     neighbours: int = 12  # nearest neighbours in z shown for a clicked point (from the stored graph)
     chunk: int = 4096  # points per latent file (z in float16 and the neighbours), loaded on demand
     seed: int = 0  # the null model's draws on the PCA and dominant planes
@@ -26,6 +29,8 @@ class ExploreConfig:
             raise ValueError(f"thumb must be between 8 and {MAX_THUMB} pixels, got {self.thumb}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be between 1 and 100, got {self.quality}")
+        if self.draw < 0:
+            raise ValueError(f"draw must be >= 0 (0: every point), got {self.draw}")
         for name in ("atlas", "pcs", "neighbours", "chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

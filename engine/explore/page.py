@@ -44,12 +44,15 @@ OURS = ("explore.js", "explore.css")
 def _bokeh_doc() -> tuple[str, str, str]:
     """(script, map div, null map div) of the two linked WebGL plots, their columns empty (explore.js fills them)."""
     from bokeh.embed import components
-    from bokeh.models import ColumnDataSource, CustomJS, HoverTool, LinearColorMapper
+    from bokeh.models import ColumnDataSource, CustomJS, HoverTool, LinearColorMapper, Range1d
     from bokeh.palettes import Viridis256
     from bokeh.plotting import figure
 
     tools = "pan,wheel_zoom,box_select,lasso_select,tap,reset"
-    common = dict(output_backend="webgl", tools=tools, active_scroll="wheel_zoom", match_aspect=True,
+    # fixed ranges that explore.js sets (equal units on both axes): a range fitted to the data would follow the
+    # drawn subset of a large map
+    xr, yr = Range1d(0, 1, name="x_range"), Range1d(0, 1, name="y_range")
+    common = dict(output_backend="webgl", tools=tools, active_scroll="wheel_zoom", x_range=xr, y_range=yr,
                   sizing_mode="stretch_both", toolbar_location="above")
     points = ColumnDataSource(data={"x": [], "y": [], "c": []}, name="points_source")
     mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=1.0, nan_color="#c8c8c8", name="mapper")
@@ -68,10 +71,13 @@ def _bokeh_doc() -> tuple[str, str, str]:
     points.selected.js_on_change("indices", CustomJS(code="if (window.zspace) zspace.select(cb_obj.indices);"))
     fmap.js_on_event("selectiongeometry", CustomJS(code="if (window.zspace) zspace.geometry(cb_obj.geometry, cb_obj.final);"))
     null = ColumnDataSource(data={"x": [], "y": []}, name="null_source")
-    fnull = figure(title="null: the fitted normal", name="null_map", x_range=fmap.x_range, y_range=fmap.y_range,
-                   **common)
+    fnull = figure(title="null: the fitted normal", name="null_map", **common)
     fnull.scatter("x", "y", source=null, size=3, line_color=None, fill_color="#6b6b6b", fill_alpha=0.55,
                   name="null_points")
+    redraw = CustomJS(code="if (window.zspace) zspace.rangesChanged();")  # pan, zoom, reset or a script
+    for r in (xr, yr):
+        r.js_on_change("start", redraw)
+        r.js_on_change("end", redraw)
     script, (div_map, div_null) = components((fmap, fnull))
     return script, div_map, div_null
 
@@ -161,7 +167,7 @@ def _build(run: Path, tmp: Path, cfg: ExploreConfig, version: str, progress: boo
             size = int(open_cache(run)["images"].shape[1])
     cfg = replace(cfg, thumb=min(cfg.thumb, size or cfg.thumb))  # never larger than the images
     thumbs = write_thumbnails(tmp, run, pts, cfg, decoder, progress)
-    pts.meta.update({"chunk": cfg.chunk, "thumb": cfg.thumb, "atlas": cfg.atlas, "images": thumbs["images"],
+    pts.meta.update({"draw": cfg.draw, "chunk": cfg.chunk, "thumb": cfg.thumb, "atlas": cfg.atlas, "images": thumbs["images"],
                      "reconstructions": decoder is not None})
     sizes = {"data.js": write_data(tmp, pts), "z": write_latents(tmp, pts, cfg),
              **{f"thumbs/{k}": v for k, v in thumbs["bytes"].items()}}

@@ -200,18 +200,80 @@
   const state = { layout: null, pcx: 0, pcy: 1, colour: null, x: null, y: null, hovered: null, thumb: null,
                   clicked: [], selection: [], busy: 0, errors: [] };
 
+  // ---- level of detail: at most LIMIT points are handed to Bokeh, the first ones in view of a seeded
+  // permutation, so the drawn points are a uniform sample of those in view and every point is drawn once the
+  // view holds at most LIMIT; hover and clicks see the drawn points, box and lasso select every point ----
+  const LIMIT = M.draw > 0 ? M.draw : Infinity;
+  function permutation(n, seed) {
+    const r = mulberry32(seed), p = new Uint32Array(n);
+    for (let i = 0; i < n; i++) p[i] = i;
+    for (let i = n - 1; i > 0; i--) { const j = Math.floor(r() * (i + 1)), t = p[i]; p[i] = p[j]; p[j] = t; }
+    return p;
+  }
+  const order = permutation(N, M.seed * 2 + 3), identity = Int32Array.from({ length: N }, (_, i) => i);
+  const slot = new Int32Array(N).fill(-1);  // page index -> position among the drawn, -1 when not drawn
+  let nullOrder = null;
+  function view_box() {
+    const m = model("map"), xr = m.x_range, yr = m.y_range;
+    return [Math.min(xr.start, xr.end), Math.max(xr.start, xr.end), Math.min(yr.start, yr.end), Math.max(yr.start, yr.end)];
+  }
+  function pick(xs, ys, ord) {  // positions to draw: the first LIMIT of ord in view; and how many are in view
+    const n = xs.length;
+    if (n <= LIMIT) return { idx: null, inView: n };
+    const [x0, x1, y0, y1] = view_box(), idx = [];
+    let inView = 0;
+    for (let k = 0; k < n; k++) {
+      const i = ord[k], x = xs[i], y = ys[i];
+      if (x >= x0 && x <= x1 && y >= y0 && y <= y1) { inView++; if (idx.length < LIMIT) idx.push(i); }
+    }
+    return { idx: Int32Array.from(idx), inView };
+  }
+  const gather = (a, idx) => { if (!idx) return a; const out = new Float32Array(idx.length);
+                               for (let k = 0; k < idx.length; k++) out[k] = a[idx[k]]; return out; };
+  function draw() {
+    const p = pick(state.x, state.y, order);
+    if (state.drawn) for (const i of state.drawn) slot[i] = -1;
+    state.drawn = p.idx || identity;
+    state.drawn.forEach((i, k) => { slot[i] = k; });
+    state.inView = p.inView;
+    const src = model("points_source");
+    src.data = { x: gather(state.x, p.idx), y: gather(state.y, p.idx), c: gather(currentColour(), p.idx) };
+    src.selected.indices = (state.selection.length ? state.selection : state.clicked).map((i) => slot[i]).filter((k) => k >= 0);
+    drawNull();
+    status();
+  }
+  let redrawTimer = null;
+  function rangesChanged() {  // after pan or zoom: draw what is now in view (once the gesture has settled)
+    if (!api.ready || (N <= LIMIT && (state.nx || []).length <= LIMIT)) return;
+    clearTimeout(redrawTimer);
+    redrawTimer = setTimeout(draw, 120);
+  }
+  function fit() {  // ranges that hold every point, equal units on both axes (the frame's aspect)
+    const pad = (lo, hi) => { const d = (hi - lo) || 1; return [lo - 0.05 * d, hi + 0.05 * d]; };
+    let [x0, x1] = pad(...extent(state.x)), [y0, y1] = pad(...extent(state.y));
+    const f = view(model("map")).frame.bbox, px = (x1 - x0) / Math.max(f.width, 1), py = (y1 - y0) / Math.max(f.height, 1);
+    if (px > py) { const c = (y0 + y1) / 2, h = px * f.height / 2; y0 = c - h; y1 = c + h; }
+    else { const c = (x0 + x1) / 2, w = py * f.width / 2; x0 = c - w; x1 = c + w; }
+    const m = model("map");
+    m.x_range.setv({ start: x0, end: x1, reset_start: x0, reset_end: x1 });
+    m.y_range.setv({ start: y0, end: y1, reset_start: y0, reset_end: y1 });
+  }
+  function extent(a) { let lo = Infinity, hi = -Infinity;
+    for (let i = 0; i < a.length; i++) { const v = a[i]; if (v < lo) lo = v; if (v > hi) hi = v; }
+    return isFinite(lo) ? [lo, hi] : [0, 1]; }
+
   function setLayout(name, i, j) {
     state.layout = name;
     if (i != null) state.pcx = i;
     if (j != null) state.pcy = j;
     const c = coords(name, state.pcx, state.pcy);
     state.x = c.x; state.y = c.y; state.px = c.px; state.py = c.py; state.nx = c.nx; state.ny = c.ny;
-    const src = model("points_source");
-    src.data = { x: c.x, y: c.y, c: currentColour() };
-    drawNull();
+    if (!nullOrder || nullOrder.length !== c.nx.length) nullOrder = permutation(c.nx.length, M.seed * 2 + 4);
+    state.selection = []; state.clicked = [];
+    fit();
+    draw();
     updateProbes();
     $("pc-axes").style.display = layouts[name].pcs ? "" : "none";
-    for (const m of ["map", "null_map"]) { const v = view(model(m)); if (v) v.reset_range(); }
     model("map").title.text = "data: " + layouts[name].label + (name === "pca" ? ` PC${state.pcx + 1} x PC${state.pcy + 1}` : "");
     model("null_map").title.text = "null (fitted normal): " + (name === "tsne" ? "its t-SNE map" : "draws, same plane");
     clearHighlight();
@@ -220,7 +282,9 @@
   function drawNull() {  // the null map's points are handed to Bokeh only while it is shown
     const on = $("show-null").checked;
     $("map-null").style.display = on ? "" : "none";
-    model("null_source").data = on ? { x: state.nx, y: state.ny } : { x: [], y: [] };
+    if (!on) { model("null_source").data = { x: [], y: [] }; return; }
+    const p = pick(state.nx, state.ny, nullOrder);
+    model("null_source").data = { x: gather(state.nx, p.idx), y: gather(state.ny, p.idx) };
   }
   function currentColour() {
     const c = byName[state.colour];
@@ -240,7 +304,7 @@
     if (name === "void_depth") {
       const d = probes.depth.data, s = Array.from(d).sort((a, b) => a - b);
       mapper.palette = viridis; mapper.low = s[Math.floor(0.01 * (s.length - 1))]; mapper.high = s[Math.floor(0.99 * (s.length - 1))];
-      model("points_source").data = { ...model("points_source").data, c: new Float32Array(N).fill(NaN) };
+      model("points_source").data = { ...model("points_source").data, c: new Float32Array(state.drawn.length).fill(NaN) };
       updateProbes();
       legend({ label: "void depth of face-map probes", low: mapper.low, high: mapper.high, categories: null,
                note: state.px == null ? "probes are drawn on the PCA and dominant planes (a t-SNE map has no exact place for new points)" : "" });
@@ -250,7 +314,7 @@
     if (c.categories) {
       mapper.palette = CATEGORICAL.slice(0, c.categories.length); mapper.low = -0.5; mapper.high = c.categories.length - 0.5;
     } else { mapper.palette = viridis; mapper.low = c.low; mapper.high = c.high; }
-    model("points_source").data = { ...model("points_source").data, c: c.values };
+    model("points_source").data = { ...model("points_source").data, c: gather(c.values, state.drawn.length === N ? null : state.drawn) };
     updateProbes();
     legend(c);
   }
@@ -296,13 +360,8 @@
     if (!api.ready) return;
     const ind = cb.index && cb.index.indices;
     if (!ind || ind.length === 0) return;
-    let best = ind[0];
-    if (ind.length > 1 && cb.geometry) {
-      let bd = Infinity;
-      for (const i of ind) { const dx = state.x[i] - cb.geometry.x, dy = state.y[i] - cb.geometry.y, d = dx * dx + dy * dy;
-        if (d < bd) { bd = d; best = i; } }
-    }
-    showPoint(best);
+    const pts = Array.from(ind, (k) => state.drawn[k]);
+    showPoint(cb.geometry ? nearest(pts, cb.geometry.x, cb.geometry.y) : pts[0]);
   }
   function showPoint(i) {
     if (state.hovered === i) return;
@@ -322,7 +381,29 @@
   function highlight(list) {
     model("highlight_source").data = { x: list.map((i) => state.x[i]), y: list.map((i) => state.y[i]), kind: list.map(() => "n") };
   }
-  function select(indices) { state.selection = Array.from(indices); }  // Bokeh updates it, then says how
+  // Bokeh's selection holds positions among the drawn points; it updates it, then says how (geometry)
+  function select(indices) { state.hit = Array.from(indices, (k) => state.drawn[k]); }
+  function mark(list) { model("points_source").selected.indices = list.map((i) => slot[i]).filter((k) => k >= 0); }
+  function within(g) {  // every page index inside a box or lasso (data coordinates), drawn or not
+    const out = [], X = state.x, Y = state.y;
+    if (g.type === "rect") {
+      const x0 = Math.min(g.x0, g.x1), x1 = Math.max(g.x0, g.x1), y0 = Math.min(g.y0, g.y1), y1 = Math.max(g.y0, g.y1);
+      for (let i = 0; i < N; i++) if (X[i] >= x0 && X[i] <= x1 && Y[i] >= y0 && Y[i] <= y1) out.push(i);
+      return out;
+    }
+    const px = Array.from(g.x), py = Array.from(g.y), m = px.length;  // lasso: even-odd rule
+    const [bx0, bx1] = extent(px), [by0, by1] = extent(py);
+    for (let i = 0; i < N; i++) {
+      const x = X[i], y = Y[i];
+      if (x < bx0 || x > bx1 || y < by0 || y > by1) continue;
+      let inside = false;
+      for (let a = 0, b = m - 1; a < m; b = a++) {
+        if ((py[a] > y) !== (py[b] > y) && x < (px[b] - px[a]) * (y - py[a]) / (py[b] - py[a]) + px[a]) inside = !inside;
+      }
+      if (inside) out.push(i);
+    }
+    return out;
+  }
   function nearest(list, x, y) {
     let best = -1, bd = Infinity;
     for (const i of list) { const dx = state.x[i] - x, dy = state.y[i] - y, d = dx * dx + dy * dy;
@@ -332,15 +413,20 @@
   // after each selection Bokeh reports its geometry: a point (tap; shift-tap appends) or a box or lasso
   async function geometry(g, final) {
     if (final === false || !api.ready) return;
+    state.geometries = (state.geometries || 0) + 1;
     const token = ++state.busy;
     try {
       if (g.type === "point") {
-        const hit = nearest(state.selection, g.x, g.y);
+        const hit = nearest(state.hit || [], g.x, g.y);
+        state.selection = [];
         if (hit < 0) { state.clicked = []; clearHighlight(); $("neighbours").innerHTML = ""; $("path").innerHTML = ""; return; }
         state.clicked = state.shift && state.clicked.length === 1 && state.clicked[0] !== hit ? [state.clicked[0], hit] : [hit];
-        model("points_source").selected.indices = state.clicked.slice();
+        mark(state.clicked);
         await clicked(state.clicked, token);
       } else {
+        state.selection = within(g);
+        state.clicked = [];
+        mark(state.selection);
         if (state.selection.length === 0) { $("selection-info").innerHTML = "<p>nothing selected</p>"; return; }
         await summary(state.selection, token);
       }
@@ -404,7 +490,9 @@
     const rv = view(model("points"));
     const webgl = !!(rv && rv.glyph && rv.glyph.has_webgl && rv.glyph.has_webgl());
     state.webgl = webgl;
+    const drawn = state.drawn ? state.drawn.length : N;
     $("status").textContent = `${N.toLocaleString()} points` + (M.all_points ? " (every latent)" : ` of ${M.n_latents.toLocaleString()}`) +
+      (drawn < state.inView ? ` · drawing ${drawn.toLocaleString()} of the ${state.inView.toLocaleString()} in view (zoom in for every one)` : "") +
       ` · ${layouts[state.layout].label} · ${webgl ? "WebGL" : "canvas"}`;
   }
   function start() {
@@ -443,6 +531,7 @@
 
   window.addEventListener("pointerdown", (e) => { state.shift = e.shiftKey; }, true);
   const api = { ready: false, n: N, state, chunk, decode, latents, neighbours, hover, select, geometry, setLayout, setColour,
+                rangesChanged, draw,
                 screenOf, showPoint, layouts: () => Object.keys(layouts), colours: () => colours.map((c) => c.name) };
   window.zspace = api;
   (function wait() {
