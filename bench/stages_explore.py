@@ -6,9 +6,10 @@ takes it. Then encode, structure and tsne run as in ``zspace run``: the map is o
 A smaller page (``ExploreConfig.n``) is a seeded sample of that map.
 
 In the browser (Debian chromium, headless, WebGL through SwiftShader: no GPU here) each page is timed from
-navigation to ready (every column decoded and drawn once), then a redraw after a zoom (the frame time of pan and
-zoom), a colour switch, and a hover (pointer moved onto a known point until its id shows; WebDriver's round trip
-included). There is no baseline to run: TensorBoard's Embedding Projector, the tool people use, needs a server
+navigation to ready (every column decoded and drawn once), then the frame of a zoom (until it is on screen: the
+frame time of pan and zoom), a colour switch, and a hover (in the page: pointer event to the panel showing the
+point). The 202,599-point page is timed twice: as it opens (at most ``ExploreConfig.draw`` points drawn, a sample
+of those in view) and with ``?draw=0`` (every point drawn at every zoom). There is no baseline to run: TensorBoard's Embedding Projector, the tool people use, needs a server
 and caps its map at 100,000 points.
 """
 
@@ -113,22 +114,23 @@ def _browser_mb(driver) -> float:
     return total / 1e6
 
 
-def browse(page: Path) -> dict:
-    """Load ``page`` in headless Chromium: seconds to ready, median redraw after a zoom (ms), colour switch (ms),
-    hover (ms), the browser's resident memory after them (MB)."""
+def browse(page: Path, query: str = "") -> dict:
+    """Load ``page`` (with ``query``) in headless Chromium: seconds to ready, points and drawn points, the frame of a
+    zoom and of a colour switch (ms), hover (ms), the browser's resident memory after them (MB)."""
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
 
     d = _driver()
     try:
         d.set_script_timeout(120)
         t0 = time.perf_counter()
-        d.get(page.resolve().as_uri())
+        d.get(page.resolve().as_uri() + query)
         while not d.execute_script("return !!(window.zspace && window.zspace.ready)"):
             if time.perf_counter() - t0 > 300:
                 raise RuntimeError(f"{page} not ready after 300 s")
             time.sleep(0.02)
         ready = time.perf_counter() - t0
-        n = d.execute_script("return Bokeh.documents[0].get_model_by_name('points_source').data.x.length")
+        n = d.execute_script("return zspace.n")
+        drawn = d.execute_script("return Bokeh.documents[0].get_model_by_name('points_source').data.x.length")
         webgl = d.execute_script("return zspace.state.webgl")
         frames = d.execute_async_script(FRAME_JS, "zoom", 4)
         colour = d.execute_async_script(FRAME_JS, "colour", 2)
@@ -142,7 +144,7 @@ def browse(page: Path) -> dict:
             while len(d.execute_script("return window.__hover")) < 1 and time.perf_counter() - t1 < 60:
                 time.sleep(0.05)
         hover = d.execute_script("return window.__hover")
-        return {"ready_s": ready, "n": n, "webgl": webgl, "frame_ms": statistics.median(frames),
+        return {"ready_s": ready, "n": n, "drawn": drawn, "webgl": webgl, "frame_ms": statistics.median(frames),
                 "colour_ms": statistics.median(colour), "hover_ms": statistics.median(hover) if hover else float("nan"),
                 "hovers": len(hover), "null_shown": d.execute_script("return document.getElementById('show-null').checked"),
                 "browser_mb": _browser_mb(d)}
@@ -176,18 +178,19 @@ def stage_explore(ctx) -> list[Row]:
         if CHROMIUM is None or CHROMEDRIVER is None:
             rows[-1].notes += "; no chromium + chromedriver here, so the page was not opened"
             continue
-        b = browse(run / "explore" / "index.html")
-        if b["n"] != n:
-            raise RuntimeError(f"the page drew {b['n']} points, expected {n}")
-        rows.append(Row("explore_browser", f"{n:,} points", b["ready_s"], float("nan"),
-                        "the page in headless Chromium: load to ready (every column decoded, drawn once)", "-",
-                        f"frame {b['frame_ms']:.0f} ms", peak_mb=b["browser_mb"], notes=(
-                            f"{'WebGL in software (SwiftShader: no GPU here)' if b['webgl'] else 'canvas (no WebGL)'}"
-                            f"{', null map beside' if b['null_shown'] else ', null map hidden (its checkbox draws it)'}; "
-                            f"a zoom's frame {b['frame_ms']:.0f} ms ({1000 / b['frame_ms']:.1f} frames/s, median of 4, "
-                            f"until the second animation frame after the repaint), a colour switch "
-                            f"{b['colour_ms']:.0f} ms, hover to the point's id and thumbnail {b['hover_ms']:.1f} ms "
-                            f"(in the page, pointer event to panel; median of {b['hovers']}); memory: the browser's "
-                            f"resident set after these (all its processes); no baseline (as above)"),
-                        extra=b))
+        for query in ("",) + (("?draw=0",) if n == big else ()):
+            b = browse(run / "explore" / "index.html", query)
+            if b["n"] != n:
+                raise RuntimeError(f"the page has {b['n']} points, expected {n}")
+            rows.append(Row("explore_browser", f"{n:,} points, {b['drawn']:,} drawn", b["ready_s"], float("nan"),
+                            f"the page{query} in headless Chromium: load to ready (every column decoded, drawn once)",
+                            "-", f"frame {b['frame_ms']:.0f} ms", peak_mb=b["browser_mb"], notes=(
+                                f"{'WebGL in software (SwiftShader: no GPU here)' if b['webgl'] else 'canvas (no WebGL)'}"
+                                f"{', null map beside' if b['null_shown'] else ', null map hidden (its checkbox draws it)'}; "
+                                f"a zoom's frame {b['frame_ms']:.0f} ms ({1000 / b['frame_ms']:.1f} frames/s, median of 4, "
+                                f"until the second animation frame after the repaint), a colour switch "
+                                f"{b['colour_ms']:.0f} ms, hover to the point's id and thumbnail {b['hover_ms']:.1f} ms "
+                                f"(in the page, pointer event to panel; median of {b['hovers']}); memory: the browser's "
+                                f"resident set after these (all its processes); no baseline (as above)"),
+                            extra=b))
     return rows

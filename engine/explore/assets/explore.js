@@ -203,7 +203,9 @@
   // ---- level of detail: at most LIMIT points are handed to Bokeh, the first ones in view of a seeded
   // permutation, so the drawn points are a uniform sample of those in view and every point is drawn once the
   // view holds at most LIMIT; hover and clicks see the drawn points, box and lasso select every point ----
-  const LIMIT = M.draw > 0 ? M.draw : Infinity;
+  // index.html?draw=N overrides the folder's limit (0: every point at every zoom, for a machine with a GPU)
+  const asked = new URLSearchParams(location.search).get("draw"), DRAW = asked !== null && /^\d+$/.test(asked) ? +asked : M.draw;
+  const LIMIT = DRAW > 0 ? DRAW : Infinity;
   function permutation(n, seed) {
     const r = mulberry32(seed), p = new Uint32Array(n);
     for (let i = 0; i < n; i++) p[i] = i;
