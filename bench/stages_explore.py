@@ -182,7 +182,7 @@ def stage_explore(ctx) -> list[Row]:
             b = browse(run / "explore" / "index.html", query)
             if b["n"] != n:
                 raise RuntimeError(f"the page has {b['n']} points, expected {n}")
-            rows.append(Row("explore_browser", f"{n:,} points, {b['drawn']:,} drawn", b["ready_s"], float("nan"),
+            rows.append(Row("explore_browser", f"{n:,} points, {b['drawn']:,} drawn" + (f" ({query})" if query else ""), b["ready_s"], float("nan"),
                             f"the page{query} in headless Chromium: load to ready (every column decoded, drawn once)",
                             "-", f"frame {b['frame_ms']:.0f} ms", peak_mb=b["browser_mb"], notes=(
                                 f"{'WebGL in software (SwiftShader: no GPU here)' if b['webgl'] else 'canvas (no WebGL)'}"
