@@ -84,7 +84,7 @@ def _tsne(run: Path) -> dict | None:
         tj = json.loads(info.read_text()) if info.exists() else {}
     except json.JSONDecodeError:
         tj = {}
-    if stale({"inputs": {"latents_key": (tj.get("inputs") or {}).get("latents_key")}}, run):
+    if stale(tj, run):
         logger.warning("%s was made from other latents than latents.zarr holds now: the page has no t-SNE map "
                        "(run 'zspace tsne --run %s' to refresh it)", path, run)
         return None
