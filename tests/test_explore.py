@@ -23,7 +23,8 @@ from engine.explore.columns import gather
 from engine.explore.config import ExploreConfig
 from engine.explore.page import explore
 from engine.generation.generate import decode_with, load_model
-from tests.test_report import CHROMEDRIVER, CHROMIUM, requires_chromium
+from bench.browser import chromium
+from tests.test_report import requires_chromium
 
 pytest.importorskip("bokeh", reason="the explore page needs Bokeh: pip install -e '.[test]'")
 
@@ -233,21 +234,10 @@ def test_nan_latents_are_named(explored, tmp_path):
 # ---- the page in a real browser ----
 
 def _browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e '.[test]')")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    # WebGL through SwiftShader (no GPU here); every host resolves to nothing: the page must need no network
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900",
-                 "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--host-resolver-rules=MAP * ~NOTFOUND"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_network_conditions(offline=True, latency=0, download_throughput=0, upload_throughput=0)
-    return driver
+    """WebGL through SwiftShader (no GPU here); the network off and every host resolving to nothing: the page must
+    need no network."""
+    pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e '.[test]')")
+    return chromium(webgl=True, offline=True)
 
 
 def _open(driver, run: Path) -> None:
@@ -444,8 +434,8 @@ def test_run_without_bokeh_leaves_explore_and_runs_the_rest(finished_run, tmp_pa
 
 @requires_chromium
 def test_a_large_map_draws_a_sample_in_view_and_selects_every_point(explored, tmp_path):
-    """Level of detail: with draw = 100 of 240 points Bokeh gets the first 100 in view; zoomed in to fewer, every
-    point in view; a box selects every point inside it, drawn or not."""
+    """Level of detail: with draw = 100 of 240 points Bokeh gets the first 100 in view; while the ranges move, the
+    first 20; zoomed in to fewer than 100, every point in view; a box selects every point inside it, drawn or not."""
     run = _copy(explored, tmp_path)
     explore(run, ExploreConfig(thumb=32, atlas=8, chunk=128, pcs=6, draw=100, device="cpu"), progress=False)
     driver = _browser()
@@ -472,6 +462,10 @@ def test_a_large_map_draws_a_sample_in_view_and_selects_every_point(explored, tm
         half = 0.25 * (xs.max() - xs.min())
         while len(in_view((cx - half, cx + half, cy - half, cy + half))) >= 100:
             half *= 0.8
+        # every set of points Bokeh is handed from here on
+        driver.execute_script("const s = Bokeh.documents[0].get_model_by_name('points_source'); window.__handed = []; "
+                              "s.properties.data.change.connect(() => window.__handed.push([s.data.x.length, "
+                              "Array.from(zspace.state.drawn)]))")
         driver.execute_script(f"const m = Bokeh.documents[0].get_model_by_name('map'); "
                               f"m.x_range.setv({{start: {cx - half}, end: {cx + half}}}); "
                               f"m.y_range.setv({{start: {cy - half}, end: {cy + half}}});")
@@ -479,7 +473,12 @@ def test_a_large_map_draws_a_sample_in_view_and_selects_every_point(explored, tm
             if set(drawn().tolist()) == in_view(ranges()):
                 break
             time.sleep(0.1)
-        assert set(drawn().tolist()) == in_view(ranges()) and len(drawn()) < 100
+        settled = drawn()
+        assert set(settled.tolist()) == in_view(ranges()) and 20 < len(settled) < 100
+        # while the ranges move, a fifth as many: the first of the same order, which the settled picture extends
+        handed = driver.execute_script("return window.__handed")
+        assert [n for n, _ in handed] == [20, len(settled)]
+        assert handed[0][1] == settled[:20].tolist() and handed[1][1] == settled.tolist()
         # back to the whole map; a box counts every point inside it, drawn or not
         driver.execute_script("zspace.setLayout('tsne')")
         driver.execute_script("Bokeh.documents[0].get_model_by_name('map').toolbar.tools"

@@ -219,21 +219,24 @@
     const m = model("map"), xr = m.x_range, yr = m.y_range;
     return [Math.min(xr.start, xr.end), Math.max(xr.start, xr.end), Math.min(yr.start, yr.end), Math.max(yr.start, yr.end)];
   }
-  function pick(xs, ys, ord) {  // positions to draw: the first LIMIT of ord in view; and how many are in view
+  // during a pan or zoom at most GESTURE points are drawn: a thinner sample of the same kind (the first of the same
+  // permutation), so each frame of the gesture costs less; the LIMIT sample returns once the gesture has settled
+  const GESTURE = Math.max(1, Math.floor(LIMIT / 5));
+  function pick(xs, ys, ord, limit = LIMIT) {  // the first `limit` of ord in view; and how many are in view
     const n = xs.length;
-    if (n <= LIMIT) return { idx: null, inView: n };
+    if (n <= limit) return { idx: null, inView: n };
     const [x0, x1, y0, y1] = view_box(), idx = [];
     let inView = 0;
     for (let k = 0; k < n; k++) {
       const i = ord[k], x = xs[i], y = ys[i];
-      if (x >= x0 && x <= x1 && y >= y0 && y <= y1) { inView++; if (idx.length < LIMIT) idx.push(i); }
+      if (x >= x0 && x <= x1 && y >= y0 && y <= y1) { inView++; if (idx.length < limit) idx.push(i); }
     }
     return { idx: Int32Array.from(idx), inView };
   }
   const gather = (a, idx) => { if (!idx) return a; const out = new Float32Array(idx.length);
                                for (let k = 0; k < idx.length; k++) out[k] = a[idx[k]]; return out; };
-  function draw() {
-    const p = pick(state.x, state.y, order);
+  function draw(limit = LIMIT) {
+    const p = pick(state.x, state.y, order, limit);
     if (state.drawn) for (const i of state.drawn) slot[i] = -1;
     state.drawn = p.idx || identity;
     state.drawn.forEach((i, k) => { slot[i] = k; });
@@ -241,12 +244,16 @@
     const src = model("points_source");
     src.data = { x: gather(state.x, p.idx), y: gather(state.y, p.idx), c: gather(currentColour(), p.idx) };
     src.selected.indices = (state.selection.length ? state.selection : state.clicked).map((i) => slot[i]).filter((k) => k >= 0);
-    drawNull();
+    drawNull(limit);
     status();
   }
-  let redrawTimer = null;
+  let redrawTimer = null, fitting = false, thinning = false;
   function rangesChanged() {  // after pan or zoom: draw what is now in view (once the gesture has settled)
-    if (!api.ready || (N <= LIMIT && (state.nx || []).length <= LIMIT)) return;
+    if (!api.ready || fitting || (N <= LIMIT && (state.nx || []).length <= LIMIT)) return;
+    if (GESTURE < LIMIT && !thinning) {  // the thin sample of the new view, once x and y have both changed
+      thinning = true;
+      queueMicrotask(() => { thinning = false; draw(GESTURE); });
+    }
     clearTimeout(redrawTimer);
     redrawTimer = setTimeout(draw, 120);
   }
@@ -257,8 +264,10 @@
     if (px > py) { const c = (y0 + y1) / 2, h = px * f.height / 2; y0 = c - h; y1 = c + h; }
     else { const c = (x0 + x1) / 2, w = py * f.width / 2; x0 = c - w; x1 = c + w; }
     const m = model("map");
+    fitting = true;  // the caller draws for the new ranges
     m.x_range.setv({ start: x0, end: x1, reset_start: x0, reset_end: x1 });
     m.y_range.setv({ start: y0, end: y1, reset_start: y0, reset_end: y1 });
+    fitting = false;
   }
   function extent(a) { let lo = Infinity, hi = -Infinity;
     for (let i = 0; i < a.length; i++) { const v = a[i]; if (v < lo) lo = v; if (v > hi) hi = v; }
@@ -281,11 +290,11 @@
     clearHighlight();
     status();
   }
-  function drawNull() {  // the null map's points are handed to Bokeh only while it is shown
+  function drawNull(limit = LIMIT) {  // the null map's points are handed to Bokeh only while it is shown
     const on = $("show-null").checked;
     $("map-null").style.display = on ? "" : "none";
     if (!on) { model("null_source").data = { x: [], y: [] }; return; }
-    const p = pick(state.nx, state.ny, nullOrder);
+    const p = pick(state.nx, state.ny, nullOrder, limit);
     model("null_source").data = { x: gather(state.nx, p.idx), y: gather(state.ny, p.idx) };
   }
   function currentColour() {
