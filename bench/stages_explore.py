@@ -15,15 +15,14 @@ and caps its map at 100,000 points.
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import time
 from pathlib import Path
 
+from bench.browser import CHROMEDRIVER, CHROMIUM, chromium
 from bench.measure import measure
 from bench.results import Row
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
 
 
 def build_run(workdir: Path, n: int) -> Path:
@@ -56,16 +55,7 @@ def build_run(workdir: Path, n: int) -> Path:
 
 
 def _driver():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900",
-                 "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-first-run",
-                 "--host-resolver-rules=MAP * ~NOTFOUND"):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    return chromium(webgl=True, offline=True)
 
 
 # a frame is timed from the change to the second animation frame after BokehJS repainted: the first is the one

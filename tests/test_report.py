@@ -11,27 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium
 from engine.report.page import write_report
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-requires_chromium = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="Debian chromium + chromium-driver not installed (.ci/run installs them: apt-get install chromium chromium-driver)")
+requires_chromium = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason=MISSING)
 
 
 def _browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e '.[test]')")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,2000"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e '.[test]')")
+    return chromium(window=(1280, 2000))
 
 
 @pytest.mark.slow  # needs finished_run: every stage once
