@@ -222,6 +222,7 @@
   // during a pan or zoom at most GESTURE points are drawn: a thinner sample of the same kind (the first of the same
   // permutation), so each frame of the gesture costs less; the LIMIT sample returns once the gesture has settled
   const GESTURE = Math.max(1, Math.floor(LIMIT / 5));
+  const SETTLE_MS = 300;  // a gesture has ended when the ranges have not moved for this long (Bokeh's lod_interval)
   function pick(xs, ys, ord, limit = LIMIT) {  // the first `limit` of ord in view; and how many are in view
     const n = xs.length;
     if (n <= limit) return { idx: null, inView: n };
@@ -236,6 +237,7 @@
   const gather = (a, idx) => { if (!idx) return a; const out = new Float32Array(idx.length);
                                for (let k = 0; k < idx.length; k++) out[k] = a[idx[k]]; return out; };
   function draw(limit = LIMIT) {
+    drawnView = view_box();
     const p = pick(state.x, state.y, order, limit);
     if (state.drawn) for (const i of state.drawn) slot[i] = -1;
     state.drawn = p.idx || identity;
@@ -247,15 +249,29 @@
     drawNull(limit);
     status();
   }
-  let redrawTimer = null, fitting = false, thinning = false;
+  let redrawTimer = null, thinning = false, lastChange = 0, lastShown = 0, drawnView = null;
   function rangesChanged() {  // after pan or zoom: draw what is now in view (once the gesture has settled)
-    if (!api.ready || fitting || (N <= LIMIT && (state.nx || []).length <= LIMIT)) return;
+    if (!api.ready || (N <= LIMIT && (state.nx || []).length <= LIMIT)) return;
+    // BokehJS runs these callbacks a moment later: ranges set by fit() and drawn at once have not moved since
+    if (drawnView && view_box().every((v, k) => v === drawnView[k])) return;
+    lastChange = performance.now();
     if (GESTURE < LIMIT && !thinning) {  // the thin sample of the new view, once x and y have both changed
       thinning = true;
       queueMicrotask(() => { thinning = false; draw(GESTURE); });
     }
-    clearTimeout(redrawTimer);
-    redrawTimer = setTimeout(draw, 120);
+    if (redrawTimer === null) redrawTimer = setTimeout(settle, SETTLE_MS);
+  }
+  // the gesture has ended when its last change has reached the screen and the ranges have rested SETTLE_MS since:
+  // on a slow machine a picture can take longer than SETTLE_MS, and the gesture goes on meanwhile
+  function settle() {
+    const now = performance.now(), unseen = lastShown < lastChange && now - lastChange < 5000;
+    const rest = now - Math.max(lastChange, lastShown);
+    if (unseen || rest < SETTLE_MS) { redrawTimer = setTimeout(settle, unseen ? 30 : SETTLE_MS - rest); return; }
+    redrawTimer = null;
+    draw();
+  }
+  function painted() {  // BokehJS has painted the map: on screen by the second animation frame after
+    requestAnimationFrame(() => requestAnimationFrame(() => { lastShown = performance.now(); }));
   }
   function fit() {  // ranges that hold every point, equal units on both axes (the frame's aspect)
     const pad = (lo, hi) => { const d = (hi - lo) || 1; return [lo - 0.05 * d, hi + 0.05 * d]; };
@@ -264,10 +280,8 @@
     if (px > py) { const c = (y0 + y1) / 2, h = px * f.height / 2; y0 = c - h; y1 = c + h; }
     else { const c = (x0 + x1) / 2, w = py * f.width / 2; x0 = c - w; x1 = c + w; }
     const m = model("map");
-    fitting = true;  // the caller draws for the new ranges
     m.x_range.setv({ start: x0, end: x1, reset_start: x0, reset_end: x1 });
     m.y_range.setv({ start: y0, end: y1, reset_start: y0, reset_end: y1 });
-    fitting = false;
   }
   function extent(a) { let lo = Infinity, hi = -Infinity;
     for (let i = 0; i < a.length; i++) { const v = a[i]; if (v < lo) lo = v; if (v > hi) hi = v; }
@@ -528,6 +542,7 @@
     $("show-null").onchange = () => { drawNull(); window.dispatchEvent(new Event("resize")); };
     const missing = M.missing || [];
     $("missing").textContent = missing.length ? "Not on this page: " + missing.join("; ") : "";
+    view(model("map")).repainted.connect(painted);
     api.ready = true;
     status();
   }
@@ -542,7 +557,7 @@
 
   window.addEventListener("pointerdown", (e) => { state.shift = e.shiftKey; }, true);
   const api = { ready: false, n: N, state, chunk, decode, latents, neighbours, hover, select, geometry, setLayout, setColour,
-                rangesChanged, draw,
+                rangesChanged, draw, lod: { limit: LIMIT, gesture: GESTURE, settle_ms: SETTLE_MS },
                 screenOf, showPoint, layouts: () => Object.keys(layouts), colours: () => colours.map((c) => c.name) };
   window.zspace = api;
   (function wait() {
