@@ -87,15 +87,24 @@ step();
 # zspace.lod.settle_ms for the ranges to rest, then hands Bokeh the sample, which is then painted)
 SETTLE_JS = """
 const done = arguments[arguments.length - 1];
-const doc = Bokeh.documents[0], m = doc.get_model_by_name('map'), pv = Bokeh.index.find_one(m);
-const src = doc.get_model_by_name('points_source'), xr = m.x_range, full = zspace.state.drawn.length;
+const doc = Bokeh.documents[0], m = doc.get_model_by_name('map'), pv = Bokeh.index.find_one(m), xr = m.x_range;
 const t0 = performance.now();
-const painted = () => { if (src.data.x.length < full) return; pv.repainted.disconnect(painted);
+const painted = () => { if (!zspace.settled()) return; pv.repainted.disconnect(painted);
   requestAnimationFrame(() => requestAnimationFrame(() => done(performance.now() - t0))); };
 pv.repainted.connect(painted);
 const w = 0.01 * (xr.end - xr.start);
 xr.setv({start: xr.start + w, end: xr.end + w});
 """
+
+
+def _settled(d, timeout: float = 60) -> None:
+    """Wait until the page has drawn its whole sample after the last change of the ranges."""
+    t0 = time.perf_counter()
+    while not d.execute_script("return zspace.settled()"):
+        if time.perf_counter() - t0 > timeout:
+            raise RuntimeError(f"the page did not settle in {timeout} s")
+        time.sleep(0.05)
+
 
 HOVER_JS = """
 window.__hover = []; window.addEventListener('pointermove', () => { window.__moved = performance.now(); }, true);
@@ -137,8 +146,9 @@ def browse(page: Path, query: str = "") -> dict:
         drawn = d.execute_script("return Bokeh.documents[0].get_model_by_name('points_source').data.x.length")
         webgl = d.execute_script("return zspace.state.webgl")
         frames = d.execute_async_script(FRAME_JS, "zoom", 8)[1:]  # a gesture: each change once the last is shown
-        time.sleep(1)
+        _settled(d)
         settle = d.execute_async_script(SETTLE_JS)
+        _settled(d)
         colour = d.execute_async_script(FRAME_JS, "colour", 2)
         d.execute_script(HOVER_JS)
         for i in d.execute_script("const n = zspace.state.x.length; return [0, 1, 2].map(k => Math.floor((k + 0.5) * n / 3))"):

@@ -225,7 +225,7 @@
   const SETTLE_MS = 300;  // a gesture has ended when the ranges have not moved for this long (Bokeh's lod_interval)
   function pick(xs, ys, ord, limit = LIMIT) {  // the first `limit` of ord in view; and how many are in view
     const n = xs.length;
-    if (n <= limit) return { idx: null, inView: n };
+    if (n <= LIMIT || n <= limit) return { idx: null, inView: n };  // a map that fits is never thinned
     const [x0, x1, y0, y1] = view_box(), idx = [];
     let inView = 0;
     for (let k = 0; k < n; k++) {
@@ -237,6 +237,7 @@
   const gather = (a, idx) => { if (!idx) return a; const out = new Float32Array(idx.length);
                                for (let k = 0; k < idx.length; k++) out[k] = a[idx[k]]; return out; };
   function draw(limit = LIMIT) {
+    if (limit === LIMIT) { clearTimeout(redrawTimer); redrawTimer = null; }  // nothing left to settle
     drawnView = view_box();
     const p = pick(state.x, state.y, order, limit);
     if (state.drawn) for (const i of state.drawn) slot[i] = -1;
@@ -249,9 +250,9 @@
     drawNull(limit);
     status();
   }
-  let redrawTimer = null, thinning = false, lastChange = 0, lastShown = 0, drawnView = null;
+  let redrawTimer = null, thinning = false, lastChange = 0, lastShown = 0, seenChange = 0, drawnView = null;
   function rangesChanged() {  // after pan or zoom: draw what is now in view (once the gesture has settled)
-    if (!api.ready || (N <= LIMIT && (state.nx || []).length <= LIMIT)) return;
+    if (!api.ready || (N <= LIMIT && (!$("show-null").checked || (state.nx || []).length <= LIMIT))) return;
     // BokehJS runs these callbacks a moment later: ranges set by fit() and drawn at once have not moved since
     if (drawnView && view_box().every((v, k) => v === drawnView[k])) return;
     lastChange = performance.now();
@@ -264,14 +265,20 @@
   // the gesture has ended when its last change has reached the screen and the ranges have rested SETTLE_MS since:
   // on a slow machine a picture can take longer than SETTLE_MS, and the gesture goes on meanwhile
   function settle() {
-    const now = performance.now(), unseen = lastShown < lastChange && now - lastChange < 5000;
+    const now = performance.now(), unseen = seenChange < lastChange && now - lastChange < 5000;
     const rest = now - Math.max(lastChange, lastShown);
     if (unseen || rest < SETTLE_MS) { redrawTimer = setTimeout(settle, unseen ? 30 : SETTLE_MS - rest); return; }
     redrawTimer = null;
     draw();
   }
-  function painted() {  // BokehJS has painted the map: on screen by the second animation frame after
-    requestAnimationFrame(() => requestAnimationFrame(() => { lastShown = performance.now(); }));
+  // BokehJS has painted the map: on screen by the second animation frame after. Only the first paint after a change
+  // counts (BokehJS repaints once more 500 ms after an interactive paint; and a paint begun before the change
+  // does not show it)
+  function painted() {
+    const c = lastChange;
+    requestAnimationFrame(() => requestAnimationFrame(() => {
+      if (c > seenChange) { seenChange = c; lastShown = performance.now(); }
+    }));
   }
   function fit() {  // ranges that hold every point, equal units on both axes (the frame's aspect)
     const pad = (lo, hi) => { const d = (hi - lo) || 1; return [lo - 0.05 * d, hi + 0.05 * d]; };
@@ -385,7 +392,8 @@
     if (!api.ready) return;
     const ind = cb.index && cb.index.indices;
     if (!ind || ind.length === 0) return;
-    const pts = Array.from(ind, (k) => state.drawn[k]);
+    const pts = Array.from(ind, (k) => state.drawn[k]).filter((i) => i !== undefined);  // drawn since
+    if (pts.length === 0) return;
     showPoint(cb.geometry ? nearest(pts, cb.geometry.x, cb.geometry.y) : pts[0]);
   }
   function showPoint(i) {
@@ -557,7 +565,7 @@
 
   window.addEventListener("pointerdown", (e) => { state.shift = e.shiftKey; }, true);
   const api = { ready: false, n: N, state, chunk, decode, latents, neighbours, hover, select, geometry, setLayout, setColour,
-                rangesChanged, draw, lod: { limit: LIMIT, gesture: GESTURE, settle_ms: SETTLE_MS },
+                rangesChanged, draw, lod: { limit: LIMIT, gesture: GESTURE, settle_ms: SETTLE_MS }, settled: () => redrawTimer === null,
                 screenOf, showPoint, layouts: () => Object.keys(layouts), colours: () => colours.map((c) => c.name) };
   window.zspace = api;
   (function wait() {
