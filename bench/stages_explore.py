@@ -84,14 +84,16 @@ step();
 """
 
 # after a gesture: from the last change of the ranges to the whole sample on screen (the page waits
-# zspace.lod.settle_ms for the ranges to rest, then hands Bokeh the sample, which is then painted)
+# zspace.lod.settle_ms for the ranges to rest, then hands Bokeh the sample, which is then painted: on the data map,
+# or on the null map alone where only its sample changes)
 SETTLE_JS = """
 const done = arguments[arguments.length - 1];
-const doc = Bokeh.documents[0], m = doc.get_model_by_name('map'), pv = Bokeh.index.find_one(m), xr = m.x_range;
+const doc = Bokeh.documents[0], m = doc.get_model_by_name('map'), xr = m.x_range;
+const views = ['map', 'null_map'].map((name) => Bokeh.index.find_one(doc.get_model_by_name(name)));
 const t0 = performance.now();
-const painted = () => { if (!zspace.settled()) return; pv.repainted.disconnect(painted);
+const painted = () => { if (!zspace.settled()) return; for (const v of views) v.repainted.disconnect(painted);
   requestAnimationFrame(() => requestAnimationFrame(() => done(performance.now() - t0))); };
-pv.repainted.connect(painted);
+for (const v of views) v.repainted.connect(painted);
 const w = 0.01 * (xr.end - xr.start);
 xr.setv({start: xr.start + w, end: xr.end + w});
 """

@@ -83,6 +83,10 @@ def test_a_smaller_page_takes_a_seeded_sample_of_the_map(explored):
     where = np.searchsorted(emb["rows"], pts.rows)
     np.testing.assert_array_equal(pts.layouts["tsne"], emb["embedding"][where])
     np.testing.assert_array_equal(gather(explored, ExploreConfig(n=50, seed=3)).rows, pts.rows)
+    # the null map beside it: as many points, each a distinct point of the null t-SNE map
+    null = pts.layouts["tsne_null"]
+    assert len(emb["null_embedding"]) > 50 and null.shape == (50, 2)
+    assert len(np.unique(null, axis=0)) == 50 and all((emb["null_embedding"] == p).all(axis=1).any() for p in null)
     # neighbours that did not make the sample are -1, the others are page positions of the same latents
     full = np.asarray(_latents(explored)["knn_indices"][:])[pts.rows][:, : pts.neighbours.shape[1]]
     on = pts.neighbours >= 0

@@ -164,8 +164,11 @@ def gather(run_dir: str | os.PathLike, cfg: ExploreConfig) -> Points:
     pcs = min(cfg.pcs, d)
     if tsne is not None:
         pts.layouts["tsne"] = tsne["embedding"][take].astype(np.float32)
-        if "null_embedding" in tsne and len(tsne["null_embedding"]):
-            pts.layouts["tsne_null"] = tsne["null_embedding"].astype(np.float32)
+        null = tsne.get("null_embedding")
+        if null is not None and len(null):
+            if len(null) > len(take):  # as many null points as the page has, so the two maps' densities compare
+                null = null[np.sort(np.random.default_rng(cfg.seed + 1).choice(len(null), len(take), replace=False))]
+            pts.layouts["tsne_null"] = null.astype(np.float32)
     pts.layouts["pca"] = fit.project(zr, pcs).astype(np.float32)
     dom = dominant_components(run, fit.std_)
     pts.layouts["dominant"] = zr[:, dom].astype(np.float32)
