@@ -172,11 +172,14 @@ def browse(page: Path, query: str = "") -> dict:
         d.quit()
 
 
-def _thin(lod: dict) -> str:
-    """What the page draws while the ranges move (``zspace.lod``; a limit of Infinity comes back as None)."""
-    if lod["limit"] is None:
-        return "; every point drawn"
-    return f"; at most {lod['gesture']:,} drawn while they move, {lod['limit']:,} at rest"
+def _lod(b: dict) -> tuple[str, str]:
+    """What the page draws while the ranges move and after (``zspace.lod``; a limit of Infinity comes back as
+    None), as two phrases for the row's notes."""
+    lod = b["lod"]
+    if lod["limit"] is None or b["n"] <= lod["limit"]:
+        return "; every point drawn", "every point redrawn"
+    return (f"; at most {lod['gesture']:,} drawn while they move, {lod['limit']:,} at rest",
+            f"the whole sample on screen (its {lod['settle_ms']} ms rest included)")
 
 
 def stage_explore(ctx) -> list[Row]:
@@ -216,8 +219,8 @@ def stage_explore(ctx) -> list[Row]:
                                 f"{', null map beside' if b['null_shown'] else ', null map hidden (its checkbox draws it)'}; "
                                 f"a zoom's frame during a gesture {b['frame_ms']:.0f} ms ({1000 / b['frame_ms']:.1f} "
                                 f"frames/s, median of 7 chained zooms, each until the second animation frame after the "
-                                f"repaint{_thin(b['lod'])}), the whole sample on screen {b['settle_ms']:.0f} ms after "
-                                f"the last change (its {b['lod']['settle_ms']} ms rest included), a colour switch "
+                                f"repaint{_lod(b)[0]}), {_lod(b)[1]} {b['settle_ms']:.0f} ms after the last change, "
+                                f"a colour switch "
                                 f"{b['colour_ms']:.0f} ms, hover to the point's id and thumbnail {b['hover_ms']:.1f} ms "
                                 f"(in the page, pointer event to panel; median of {b['hovers']}); memory: the browser's "
                                 f"resident set after these (all its processes); no baseline (as above)"),
