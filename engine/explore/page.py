@@ -60,12 +60,16 @@ def _bokeh_doc() -> tuple[str, str, str]:
     r = fmap.scatter("x", "y", source=points, size=3, line_color=None, fill_alpha=0.7, name="points",
                      fill_color={"field": "c", "transform": mapper},
                      nonselection_fill_alpha=0.12, selection_fill_alpha=0.9)
+    # the probes and the highlight rings are drawn on the 2D canvas (Bokeh has no WebGL ellipse): BokehJS copies
+    # its WebGL canvas into the 2D one after every WebGL renderer, drawn or not, which in software WebGL costs
+    # about 50 ms a frame each
+    screen = dict(width_units="screen", height_units="screen")
     probes = ColumnDataSource(data={"x": [], "y": [], "c": []}, name="probes_source")
-    fmap.scatter("x", "y", source=probes, size=4, marker="diamond", line_color=None, visible=False,
-                      fill_color={"field": "c", "transform": mapper}, name="probes")
+    fmap.ellipse("x", "y", width=7, height=7, source=probes, line_color="#222222", line_width=1, visible=False,
+                 fill_color={"field": "c", "transform": mapper}, name="probes", **screen)
     hl = ColumnDataSource(data={"x": [], "y": [], "kind": []}, name="highlight_source")
-    fmap.scatter("x", "y", source=hl, size=11, fill_color=None, line_color="#e4002b", line_width=2,
-                 name="highlight")
+    fmap.ellipse("x", "y", width=11, height=11, source=hl, fill_color=None, line_color="#e4002b", line_width=2,
+                 name="highlight", **screen)
     fmap.add_tools(HoverTool(renderers=[r], tooltips=None, name="hover",
                              callback=CustomJS(code="if (window.zspace) zspace.hover(cb_data);")))
     points.selected.js_on_change("indices", CustomJS(code="if (window.zspace) zspace.select(cb_obj.indices);"))
