@@ -65,7 +65,7 @@ def _bokeh_doc() -> tuple[str, str, str]:
     # about 50 ms a frame each
     screen = dict(width_units="screen", height_units="screen")
     probes = ColumnDataSource(data={"x": [], "y": [], "c": []}, name="probes_source")
-    fmap.ellipse("x", "y", width=7, height=7, source=probes, line_color="#222222", line_width=1, visible=False,
+    fmap.ellipse("x", "y", width=5, height=5, source=probes, line_color=None, visible=False,
                  fill_color={"field": "c", "transform": mapper}, name="probes", **screen)
     hl = ColumnDataSource(data={"x": [], "y": [], "kind": []}, name="highlight_source")
     fmap.ellipse("x", "y", width=11, height=11, source=hl, fill_color=None, line_color="#e4002b", line_width=2,

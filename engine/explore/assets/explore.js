@@ -296,8 +296,10 @@
 
   function setLayout(name, i, j) {
     state.layout = name;
+    $("layout").value = name;  // the controls show what a script chose too
     if (i != null) state.pcx = i;
     if (j != null) state.pcy = j;
+    $("pcx").value = state.pcx; $("pcy").value = state.pcy;
     const c = coords(name, state.pcx, state.pcy);
     state.x = c.x; state.y = c.y; state.px = c.px; state.py = c.py; state.nx = c.nx; state.ny = c.ny;
     if (!nullOrder || nullOrder.length !== c.nx.length) nullOrder = permutation(c.nx.length, M.seed * 2 + 4);
@@ -332,6 +334,7 @@
   }
   function setColour(name) {
     state.colour = name;
+    $("colour").value = name;
     const mapper = model("mapper");
     if (name === "void_depth") {
       const d = probes.depth.data, s = Array.from(d).sort((a, b) => a - b);
