@@ -145,6 +145,17 @@ def _labels(run: Path, rows: np.ndarray) -> tuple[list[str], np.ndarray | None, 
     return list(names), values[rows].astype(np.int8), str(info.get("source") or "prepare")
 
 
+def _null_map(tsne: dict, n: int, seed: int) -> np.ndarray | None:
+    """The null t-SNE map with as many points as the page (a seeded sample where it has more), so that the two maps'
+    densities compare; None without one."""
+    null = tsne.get("null_embedding")
+    if null is None or len(null) == 0:
+        return None
+    if len(null) > n:
+        null = null[np.sort(np.random.default_rng(seed + 1).choice(len(null), n, replace=False))]
+    return null.astype(np.float32)
+
+
 def gather(run_dir: str | os.PathLike, cfg: ExploreConfig) -> Points:
     """Every per-point array of the page for ``run_dir`` (see the module's doc)."""
     run = Path(run_dir)
@@ -164,11 +175,8 @@ def gather(run_dir: str | os.PathLike, cfg: ExploreConfig) -> Points:
     pcs = min(cfg.pcs, d)
     if tsne is not None:
         pts.layouts["tsne"] = tsne["embedding"][take].astype(np.float32)
-        null = tsne.get("null_embedding")
-        if null is not None and len(null):
-            if len(null) > len(take):  # as many null points as the page has, so the two maps' densities compare
-                null = null[np.sort(np.random.default_rng(cfg.seed + 1).choice(len(null), len(take), replace=False))]
-            pts.layouts["tsne_null"] = null.astype(np.float32)
+        if (null := _null_map(tsne, len(take), cfg.seed)) is not None:
+            pts.layouts["tsne_null"] = null
     pts.layouts["pca"] = fit.project(zr, pcs).astype(np.float32)
     dom = dominant_components(run, fit.std_)
     pts.layouts["dominant"] = zr[:, dom].astype(np.float32)
