@@ -210,6 +210,7 @@ def stage_explore(ctx) -> list[Row]:
             continue
         for query in ("",) + (("?draw=0",) if n == big else ()):
             b = browse(run / "explore" / "index.html", query)
+            moving, rest = _lod(b)
             if b["n"] != n:
                 raise RuntimeError(f"the page has {b['n']} points, expected {n}")
             rows.append(Row("explore_browser", f"{n:,} points, {b['drawn']:,} drawn" + (f" ({query})" if query else ""), b["ready_s"], float("nan"),
@@ -219,7 +220,7 @@ def stage_explore(ctx) -> list[Row]:
                                 f"{', null map beside' if b['null_shown'] else ', null map hidden (its checkbox draws it)'}; "
                                 f"a zoom's frame during a gesture {b['frame_ms']:.0f} ms ({1000 / b['frame_ms']:.1f} "
                                 f"frames/s, median of 7 chained zooms, each until the second animation frame after the "
-                                f"repaint{_lod(b)[0]}), {_lod(b)[1]} {b['settle_ms']:.0f} ms after the last change, "
+                                f"repaint{moving}), {rest} {b['settle_ms']:.0f} ms after the last change, "
                                 f"a colour switch "
                                 f"{b['colour_ms']:.0f} ms, hover to the point's id and thumbnail {b['hover_ms']:.1f} ms "
                                 f"(in the page, pointer event to panel; median of {b['hovers']}); memory: the browser's "
