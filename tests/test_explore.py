@@ -244,8 +244,8 @@ def _browser():
     return chromium(webgl=True, offline=True)
 
 
-def _open(driver, run: Path) -> None:
-    driver.get((run / "explore" / "index.html").resolve().as_uri())
+def _open(driver, run: Path, query: str = "") -> None:
+    driver.get((run / "explore" / "index.html").resolve().as_uri() + query)
     for _ in range(300):
         if driver.execute_script("return !!(window.zspace && window.zspace.ready)"):
             return
@@ -300,7 +300,8 @@ def _torch_decode(run: Path, z: np.ndarray) -> np.ndarray:
 
 
 @requires_chromium
-def test_page_in_a_real_browser(explored):
+@pytest.mark.parametrize("backend", ["webgl", "canvas"])
+def test_page_in_a_real_browser(explored, backend):
     info = json.loads((explored / "explore" / "explore.json").read_text())
     ids = [str(i) for i in np.asarray(_latents(explored)["ids"][:])]
     rows = np.load(explored / "tsne" / "embedding.npz")["rows"]
@@ -310,12 +311,13 @@ def test_page_in_a_real_browser(explored):
     assert "http://" not in html_text.replace("http://www.w3.org", "") and "https://" not in html_text
     driver = _browser()
     try:
-        _open(driver, explored)
-        # every point drawn, by the WebGL backend
+        _open(driver, explored, "?backend=" + backend)
+        # every point drawn, by the backend asked for
         n = driver.execute_script("return Bokeh.documents[0].get_model_by_name('points_source').data.x.length")
         assert n == info["n"] == len(rows) == 240
-        assert driver.execute_script("return zspace.state.webgl") is True
+        assert driver.execute_script("return zspace.state.webgl") is (backend == "webgl")
         assert "240 points of 300" in _text(driver, "status")
+        assert ("WebGL" if backend == "webgl" else "2D canvas") in _text(driver, "status")
 
         # hover a known point (the rightmost of the t-SNE map): its id, numbers and thumbnail
         i = driver.execute_script("const s = zspace.state; let b = 0; for (let i = 0; i < s.x.length; i++) "
@@ -461,6 +463,11 @@ def test_a_large_map_draws_a_sample_in_view_and_selects_every_point(explored, tm
         assert driver.execute_script("return Bokeh.documents[0].get_model_by_name('points_source').data.x.length") == 100
         assert len(set(drawn().tolist())) == 100 and set(drawn().tolist()) <= in_view(ranges())
         assert "drawing 100 of the 240 in view" in _text(driver, "status")
+        # the browser's WebGL is SwiftShader: the page draws on the 2D canvas and says why
+        backend = driver.execute_script("return zspace.state.backend")
+        assert "SwiftShader" in backend["renderer"] and backend["backend"] == "canvas"
+        assert driver.execute_script("return zspace.state.webgl") is False
+        assert "2D canvas (WebGL runs in software here)" in _text(driver, "status")
         # zoom to a window around the median point holding fewer than 100: every point in it is drawn
         cx, cy = float(np.median(xs)), float(np.median(ys))
         half = 0.25 * (xs.max() - xs.min())
@@ -498,6 +505,22 @@ def test_a_large_map_draws_a_sample_in_view_and_selects_every_point(explored, tm
         inside = set(np.flatnonzero((xs > bx[0]) & (xs < bx[1]) & (ys > by[0]) & (ys < by[1])).tolist())
         sel = set(driver.execute_script("return zspace.state.selection"))
         assert len(inside ^ sel) <= 0.05 * len(sel) + 2 and len(sel) > len(sel & set(drawn().tolist()))
+        # a map that fits under the limit is drawn whole at rest, and thinner while the ranges move too
+        _open(driver, run, "?draw=300")
+        assert driver.execute_script("return zspace.lod") == {"limit": 300, "gesture": 60, "settle_ms": 300}
+        driver.execute_script("const s = Bokeh.documents[0].get_model_by_name('points_source'); window.__handed = []; "
+                              "s.properties.data.change.connect(() => window.__handed.push([s.data.x.length, "
+                              "Array.from(zspace.state.drawn)]))")
+        r = ranges()
+        driver.execute_script(f"const m = Bokeh.documents[0].get_model_by_name('map'); "
+                              f"m.x_range.setv({{start: {r[0] * 0.9}, end: {r[1] * 0.9}}});")
+        for _ in range(50):
+            if driver.execute_script("return zspace.settled()") and len(driver.execute_script("return window.__handed")) > 1:
+                break
+            time.sleep(0.1)
+        handed = driver.execute_script("return window.__handed")
+        assert [n for n, _ in handed] == [60, 240] and set(handed[0][1]) <= in_view(ranges())
+        assert handed[1][1] == list(range(240))
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         driver.quit()

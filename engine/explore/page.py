@@ -42,8 +42,13 @@ OURS = ("explore.js", "explore.css")
 
 
 def _bokeh_doc() -> tuple[str, str, str]:
-    """(script, map div, null map div) of the two linked WebGL plots, their columns empty (explore.js fills them)."""
-    from bokeh.embed import components
+    """(document JSON, map div, null map div) of the two linked plots, their columns empty (explore.js fills them).
+
+    The JSON is not embedded by Bokeh's own loader script: explore.js embeds it once it has chosen the plots'
+    backend (WebGL or the 2D canvas, see ``explore.js``'s ``chooseBackend``)."""
+    from bokeh.core.json_encoder import serialize_json
+    from bokeh.core.templates import MACROS, ROOT_DIV
+    from bokeh.embed.util import OutputDocumentFor, standalone_docs_json_and_render_items
     from bokeh.models import ColumnDataSource, CustomJS, HoverTool, LinearColorMapper, Range1d
     from bokeh.palettes import Viridis256
     from bokeh.plotting import figure
@@ -82,11 +87,14 @@ def _bokeh_doc() -> tuple[str, str, str]:
     for r in (xr, yr):
         r.js_on_change("start", redraw)
         r.js_on_change("end", redraw)
-    script, (div_map, div_null) = components((fmap, fnull))
-    return script, div_map, div_null
+    with OutputDocumentFor((fmap, fnull)):
+        docs, [item] = standalone_docs_json_and_render_items((fmap, fnull))
+    div_map, div_null = (ROOT_DIV.render(root=r, macros=MACROS) for r in item.roots)
+    doc = serialize_json({"docs": docs, "items": [item.to_json()]}).replace("</", "<\\/")  # safe inside <script>
+    return doc, div_map, div_null
 
 
-def _html(title: str, script: str, div_map: str, div_null: str) -> str:
+def _html(title: str, doc: str, div_map: str, div_null: str) -> str:
     bokeh = "".join(f'<script src="bokeh/{f}"></script>' for f in BOKEH_FILES)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -116,7 +124,7 @@ point: the decoded path between them</p><div id="neighbours" class="strip"></div
 </section>
 </aside></main>
 <footer id="missing"></footer>
-{script}
+<script type="application/json" id="bokeh-doc">{doc}</script>
 <script src="explore.js"></script>
 </body></html>
 """
@@ -184,9 +192,9 @@ def _build(run: Path, tmp: Path, cfg: ExploreConfig, version: str, progress: boo
         sizes[f"bokeh/{f}"] = (tmp / "bokeh" / f).stat().st_size
     for f in OURS:
         shutil.copy2(ASSETS / f, tmp / f)
-    script, div_map, div_null = _bokeh_doc()
+    doc, div_map, div_null = _bokeh_doc()
     title = f"zspace explore: {run.resolve().name}"
-    write_text_atomic(tmp / "index.html", _html(title, script, div_map, div_null))
+    write_text_atomic(tmp / "index.html", _html(title, doc, div_map, div_null))
     return {"n": pts.n, "n_latents": pts.meta["n_latents"], "all_points": pts.meta["all_points"],
             "layouts": sorted(pts.layouts), "colours": [c.name for c in pts.colours],
             "attributes": pts.attributes, "probes": int(len(pts.probes.get("depth", ()))),

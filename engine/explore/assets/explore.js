@@ -193,6 +193,28 @@
              px: P ? column(P.data, 2, 0) : null, py: P ? column(P.data, 2, 1) : null };
   }
 
+  // ---- the plots' backend. Bokeh's WebGL where WebGL runs on a GPU. The 2D canvas where it runs in software
+  // (SwiftShader, llvmpipe, WARP: a machine with no GPU, or a browser that will not use it): there BokehJS copies
+  // each WebGL picture back into the page's 2D canvas on the CPU, and that copy alone costs more than drawing the
+  // few thousand points the level of detail hands it (bench/RESULTS.md, the explore page). ?backend=webgl|canvas
+  // overrides the choice. ----
+  const SOFTWARE = /swiftshader|llvmpipe|softpipe|lavapipe|software|basic render/i;
+  function chooseBackend() {
+    const asked = new URLSearchParams(location.search).get("backend");
+    const gl = document.createElement("canvas").getContext("webgl");
+    let renderer = null;
+    if (gl) {
+      const ext = gl.getExtension("WEBGL_debug_renderer_info");
+      renderer = String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+      const lose = gl.getExtension("WEBGL_lose_context");
+      if (lose) lose.loseContext();
+    }
+    if (asked === "webgl" || asked === "canvas") return { backend: asked, renderer, why: "?backend=" + asked };
+    if (!gl) return { backend: "canvas", renderer, why: "this browser has no WebGL" };
+    return SOFTWARE.test(renderer) ? { backend: "canvas", renderer, why: "WebGL runs in software here" }
+                                   : { backend: "webgl", renderer, why: "WebGL on the GPU" };
+  }
+
   // ---- Bokeh models and views ----
   let doc = null;
   const model = (name) => doc.get_model_by_name(name);
@@ -220,12 +242,13 @@
     return [Math.min(xr.start, xr.end), Math.max(xr.start, xr.end), Math.min(yr.start, yr.end), Math.max(yr.start, yr.end)];
   }
   // during a pan or zoom at most GESTURE points are drawn: a thinner sample of the same kind (the first of the same
-  // permutation), so each frame of the gesture costs less; the LIMIT sample returns once the gesture has settled
+  // permutation), so each frame of the gesture costs less; the picture at rest (every point of a map that fits
+  // under LIMIT, else the LIMIT sample) returns once the gesture has settled
   const GESTURE = Math.max(1, Math.floor(LIMIT / 5));
   const SETTLE_MS = 300;  // a gesture has ended when the ranges have not moved for this long (Bokeh's lod_interval)
   function pick(xs, ys, ord, limit = LIMIT) {  // the first `limit` of ord in view; and how many are in view
     const n = xs.length;
-    if (n <= LIMIT || n <= limit) return { idx: null, inView: n };  // a map that fits is never thinned
+    if (n <= limit) return { idx: null, inView: n };  // a map that fits is drawn whole
     const [x0, x1, y0, y1] = view_box(), idx = [];
     let inView = 0;
     for (let k = 0; k < n; k++) {
@@ -252,7 +275,8 @@
   }
   let redrawTimer = null, thinning = false, lastChange = 0, lastShown = 0, seenChange = 0, drawnView = null;
   function rangesChanged() {  // after pan or zoom: draw what is now in view (once the gesture has settled)
-    if (!api.ready || (N <= LIMIT && (!$("show-null").checked || (state.nx || []).length <= LIMIT))) return;
+    const thin = (n) => n > GESTURE;  // a map that a gesture draws thinner
+    if (!api.ready || (!thin(N) && (!$("show-null").checked || !thin((state.nx || []).length)))) return;
     // BokehJS runs these callbacks a moment later: ranges set by fit() and drawn at once have not moved since
     if (drawnView && view_box().every((v, k) => v === drawnView[k])) return;
     lastChange = performance.now();
@@ -529,7 +553,7 @@
     const drawn = state.drawn ? state.drawn.length : N;
     $("status").textContent = `${N.toLocaleString()} points` + (M.all_points ? " (every latent)" : ` of ${M.n_latents.toLocaleString()}`) +
       (drawn < state.inView ? ` · drawing ${drawn.toLocaleString()} of the ${state.inView.toLocaleString()} in view (zoom in for every one)` : "") +
-      ` · ${layouts[state.layout].label} · ${webgl ? "WebGL" : "canvas"}`;
+      ` · ${layouts[state.layout].label} · ${webgl ? "WebGL" : "2D canvas"} (${state.backend.why})`;
   }
   function start() {
     doc = window.Bokeh.documents.find((d) => d.get_model_by_name("points_source"));
@@ -571,6 +595,13 @@
                 rangesChanged, draw, lod: { limit: LIMIT, gesture: GESTURE, settle_ms: SETTLE_MS }, settled: () => redrawTimer === null,
                 screenOf, showPoint, layouts: () => Object.keys(layouts), colours: () => colours.map((c) => c.name) };
   window.zspace = api;
+  state.backend = chooseBackend();
+  function embed() {  // the plots, with the chosen backend (page.py leaves the embedding to this script)
+    const B = JSON.parse($("bokeh-doc").textContent);
+    for (const d of Object.values(B.docs)) for (const r of d.roots) r.attributes.output_backend = state.backend.backend;
+    window.Bokeh.embed.embed_items(B.docs, B.items);
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", embed); else embed();
   (function wait() {
     const ok = window.Bokeh && window.Bokeh.documents && window.Bokeh.documents.some((d) => d.get_model_by_name("points_source"))
       && view(window.Bokeh.documents.find((d) => d.get_model_by_name("points_source")).get_model_by_name("points"));
