@@ -462,7 +462,15 @@ def test_a_large_map_draws_a_sample_in_view_and_selects_every_point(explored, tm
 
         assert driver.execute_script("return Bokeh.documents[0].get_model_by_name('points_source').data.x.length") == 100
         assert len(set(drawn().tolist())) == 100 and set(drawn().tolist()) <= in_view(ranges())
-        assert "drawing 100 of the 240 in view" in _text(driver, "status")
+        assert "dots: 100 of the 240 in view, grey shade: every one" in _text(driver, "status")
+        # the shade: every point in view, binned to the frame's 2 x 2 pixels, as numpy bins them
+        sh = driver.execute_script("const s = zspace.state.shade; return {counts: Array.from(s.counts), W: s.W, "
+                                   "H: s.H, box: s.box, shape: Bokeh.documents[0].get_model_by_name("
+                                   "'density_source').data.image[0].shape}")
+        ref, _, _ = np.histogram2d(ys, xs, bins=(sh["H"], sh["W"]), range=[sh["box"][2:], sh["box"][:2]])
+        counts = np.asarray(sh["counts"]).reshape(sh["H"], sh["W"])
+        assert sh["shape"] == [sh["H"], sh["W"]] and sh["W"] > 100 and counts.sum() == ref.sum() == len(in_view(ranges()))
+        assert np.abs(counts - ref).sum() <= 4  # a point on a bin's edge may fall either side
         # the browser's WebGL is SwiftShader: the page draws on the 2D canvas and says why
         backend = driver.execute_script("return zspace.state.backend")
         assert "SwiftShader" in backend["renderer"] and backend["backend"] == "canvas"

@@ -1,9 +1,11 @@
 """``zspace explore``: RUN/explore/, a page that opens from disk and shows every point of the latent cloud.
 
-Drawn with Bokeh's WebGL backend (``output_backend="webgl"``): its scatter takes
-hundreds of thousands of points, and it brings pan, wheel zoom, hover, tap, box
-and lasso selection with a spatial index, all in BokehJS, which the page loads
-from two files copied out of the installed ``bokeh`` package (1.5 MB). The page's
+Drawn with Bokeh: its scatter takes hundreds of thousands of points, and it brings
+pan, wheel zoom, hover, tap, box and lasso selection with a spatial index, all in
+BokehJS, which the page loads from two files copied out of the installed ``bokeh``
+package (1.5 MB). The page picks the backend when it opens: WebGL where the browser
+runs WebGL on a GPU, the 2D canvas where WebGL runs in software (there BokehJS's
+copy of each WebGL picture into the page costs more than the points). The page's
 own script (``explore.js``, shipped with zspace) fills the plot's columns from
 ``data.js``, switches layouts and colours, draws the legend, shows thumbnails on
 hover, and decodes z-points with a JavaScript port of the run's decoder: paths
@@ -59,9 +61,13 @@ def _bokeh_doc() -> tuple[str, str, str]:
     xr, yr = Range1d(0, 1, name="x_range"), Range1d(0, 1, name="y_range")
     common = dict(output_backend="webgl", tools=tools, active_scroll="wheel_zoom", x_range=xr, y_range=yr,
                   sizing_mode="stretch_both", toolbar_location="above")
+    # every point in view as a shade under the drawn sample (explore.js bins them at the frame's resolution)
+    shade = dict(image="image", x="x", y="y", dw="dw", dh="dh", level="image")
+    empty_image = {"image": [], "x": [], "y": [], "dw": [], "dh": []}
     points = ColumnDataSource(data={"x": [], "y": [], "c": []}, name="points_source")
     mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=1.0, nan_color="#c8c8c8", name="mapper")
     fmap = figure(title="data", name="map", **common)
+    fmap.image_rgba(source=ColumnDataSource(data=empty_image, name="density_source"), name="density", **shade)
     r = fmap.scatter("x", "y", source=points, size=3, line_color=None, fill_alpha=0.7, name="points",
                      fill_color={"field": "c", "transform": mapper},
                      nonselection_fill_alpha=0.12, selection_fill_alpha=0.9)
@@ -81,6 +87,7 @@ def _bokeh_doc() -> tuple[str, str, str]:
     fmap.js_on_event("selectiongeometry", CustomJS(code="if (window.zspace) zspace.geometry(cb_obj.geometry, cb_obj.final);"))
     null = ColumnDataSource(data={"x": [], "y": []}, name="null_source")
     fnull = figure(title="null: the fitted normal", name="null_map", **common)
+    fnull.image_rgba(source=ColumnDataSource(data=empty_image, name="null_density_source"), name="null_density", **shade)
     fnull.scatter("x", "y", source=null, size=3, line_color=None, fill_color="#6b6b6b", fill_alpha=0.55,
                   name="null_points")
     redraw = CustomJS(code="if (window.zspace) zspace.rangesChanged();")  # pan, zoom, reset or a script

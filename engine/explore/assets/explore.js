@@ -270,8 +270,37 @@
     const src = model("points_source");
     src.data = { x: gather(state.x, p.idx), y: gather(state.y, p.idx), c: gather(currentColour(), p.idx) };
     src.selected.indices = (state.selection.length ? state.selection : state.clicked).map((i) => slot[i]).filter((k) => k >= 0);
+    if (limit === LIMIT) state.shade = shade(state.x, state.y, "density_source", "map", N > LIMIT);
     drawNull(limit);
     status();
+  }
+  // ---- the shade: where the drawn points are a sample, every point in view binned to 2 x 2 pixels of the frame,
+  // drawn in grey under the dots (darker where more points fall), so no point is missing from the picture at any
+  // zoom. Made at rest; while the ranges move BokehJS stretches the last one with the view ----
+  const SHADE_PX = 2, SHADE_RGB = [40, 40, 40];
+  let ndarray = null;
+  function shade(xs, ys, sourceName, plotName, on) {
+    const src = model(sourceName);
+    if (!on) { if (src.data.image.length) src.data = { image: [], x: [], y: [], dw: [], dh: [] }; return null; }
+    const [x0, x1, y0, y1] = view_box(), f = view(model(plotName)).frame.bbox;
+    const W = Math.max(1, Math.round(f.width / SHADE_PX)), H = Math.max(1, Math.round(f.height / SHADE_PX));
+    const counts = new Uint32Array(W * H), sx = W / (x1 - x0), sy = H / (y1 - y0);
+    for (let i = 0; i < xs.length; i++) {  // the right and top edges count in the last bin (as numpy's histogram2d)
+      const x = xs[i], y = ys[i];
+      if (!(x >= x0 && x <= x1 && y >= y0 && y <= y1)) continue;
+      counts[Math.min(H - 1, Math.floor((y - y0) * sy)) * W + Math.min(W - 1, Math.floor((x - x0) * sx))]++;
+    }
+    let max = 0;
+    for (let b = 0; b < counts.length; b++) if (counts[b] > max) max = counts[b];
+    const rgba = new Uint32Array(W * H), lm = Math.log1p(max), [r, g, bl] = SHADE_RGB;
+    for (let b = 0; b < counts.length; b++) {  // alpha from 0.15 (one point) to 0.75 (the fullest bin), log scale
+      if (!counts[b]) continue;
+      const a = Math.round(255 * (0.15 + 0.6 * Math.log1p(counts[b]) / lm));
+      rgba[b] = ((a << 24) | (bl << 16) | (g << 8) | r) >>> 0;  // little-endian RGBA
+    }
+    if (!ndarray) ndarray = window.Bokeh.require("core/util/ndarray").ndarray;
+    src.data = { image: [ndarray(rgba, { shape: [H, W] })], x: [x0], y: [y0], dw: [x1 - x0], dh: [y1 - y0] };
+    return { counts, W, H, box: [x0, x1, y0, y1] };
   }
   let redrawTimer = null, thinning = false, lastChange = 0, lastShown = 0, seenChange = 0, drawnView = null;
   function rangesChanged() {  // after pan or zoom: draw what is now in view (once the gesture has settled)
@@ -340,6 +369,7 @@
   function drawNull(limit = LIMIT) {  // the null map's points are handed to Bokeh only while it is shown
     const on = $("show-null").checked;
     $("map-null").style.display = on ? "" : "none";
+    if (limit === LIMIT) shade(state.nx, state.ny, "null_density_source", "null_map", on && state.nx.length > LIMIT);
     if (!on) { model("null_source").data = { x: [], y: [] }; return; }
     const p = pick(state.nx, state.ny, nullOrder, limit);
     model("null_source").data = { x: gather(state.nx, p.idx), y: gather(state.ny, p.idx) };
@@ -552,7 +582,8 @@
     state.webgl = webgl;
     const drawn = state.drawn ? state.drawn.length : N;
     $("status").textContent = `${N.toLocaleString()} points` + (M.all_points ? " (every latent)" : ` of ${M.n_latents.toLocaleString()}`) +
-      (drawn < state.inView ? ` · drawing ${drawn.toLocaleString()} of the ${state.inView.toLocaleString()} in view (zoom in for every one)` : "") +
+      (drawn < state.inView ? ` · dots: ${drawn.toLocaleString()} of the ${state.inView.toLocaleString()} in view, ` +
+                              "grey shade: every one (zoom in for every dot)" : "") +
       ` · ${layouts[state.layout].label} · ${webgl ? "WebGL" : "2D canvas"} (${state.backend.why})`;
   }
   function start() {
@@ -574,7 +605,8 @@
     $("pcx").onchange = (e) => setLayout("pca", +e.target.value, null);
     $("pcy").onchange = (e) => setLayout("pca", null, +e.target.value);
     $("colour").onchange = (e) => setColour(e.target.value);
-    $("show-null").onchange = () => { drawNull(); window.dispatchEvent(new Event("resize")); };
+    $("show-null").onchange = () => {  // the shade wants the null map's frame as laid out
+      drawNull(); window.dispatchEvent(new Event("resize")); requestAnimationFrame(() => drawNull()); };
     const missing = M.missing || [];
     $("missing").textContent = missing.length ? "Not on this page: " + missing.join("; ") : "";
     view(model("map")).repainted.connect(painted);
