@@ -283,6 +283,17 @@ def _drag(driver, x0: float, y0: float, w: float, h: float) -> None:
     raise AssertionError("three box drags reached the page as no selection")
 
 
+def _wait(driver, js: str, timeout: float = 10.0):
+    """The first truthy value of ``js`` (a script that returns), polled until ``timeout`` s; else AssertionError."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        value = driver.execute_script(js)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not true after {timeout} s: {js}")
+
+
 def _text(driver, element_id: str) -> str:
     return driver.execute_script(f"const e = document.getElementById('{element_id}'); return e ? e.textContent : null")
 
@@ -471,6 +482,29 @@ def test_a_large_map_draws_a_sample_in_view_and_selects_every_point(explored, tm
         counts = np.asarray(sh["counts"]).reshape(sh["H"], sh["W"])
         assert sh["shape"] == [sh["H"], sh["W"]] and sh["W"] > 100 and counts.sum() == ref.sum() == len(in_view(ranges()))
         assert np.abs(counts - ref).sum() <= 4  # a point on a bin's edge may fall either side
+        img = driver.execute_script(
+            "const d = Bokeh.documents[0].get_model_by_name('density_source').data; return {x: d.x[0], y: d.y[0], "
+            "dw: d.dw[0], dh: d.dh[0], rgba: Array.from(new Uint8Array(d.image[0].buffer))}")
+        assert [img["x"], img["x"] + img["dw"], img["y"], img["y"] + img["dh"]] == pytest.approx(sh["box"])
+        alpha = np.asarray(img["rgba"]).reshape(sh["H"], sh["W"], 4)[..., 3]
+        assert ((alpha > 0) == (counts > 0)).all()
+        assert alpha[counts == 1].tolist() == [38] * int((counts == 1).sum())  # 0.15 of 255: one point
+        assert alpha[counts == counts.max()].tolist() == [191] * int((counts == counts.max()).sum())  # 0.75
+        # hiding the null map widens the data map: its shade is made again at the new size; shown again, the
+        # null map's shade is made for its frame as laid out
+        fits = ("const s = zspace.state.{0}, f = Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name('{1}'))"
+                ".frame.bbox; return !!s && zspace.settled() && s.W === Math.round(f.width / 2) && "
+                "s.H === Math.round(f.height / 2) && {2} ? s.W : 0")
+        for on in (False, True):
+            driver.execute_script(f"const e = document.getElementById('show-null'); e.checked = {str(on).lower()}; "
+                                  "e.dispatchEvent(new Event('change'))")
+            # the data map's frame about doubles without the null map beside it, and its shade with it
+            w = _wait(driver, fits.format("shade", "map", f"s.W {'>' if not on else '<'} {1.5 * sh['W']}"))
+            if on:
+                assert w == sh["W"]
+                assert _wait(driver, fits.format("nullShade", "null_map", "true")) == sh["W"]
+            else:
+                assert driver.execute_script("return zspace.state.nullShade") is None
         # the browser's WebGL is SwiftShader: the page draws on the 2D canvas and says why
         backend = driver.execute_script("return zspace.state.backend")
         assert "SwiftShader" in backend["renderer"] and backend["backend"] == "canvas"
@@ -522,10 +556,7 @@ def test_a_large_map_draws_a_sample_in_view_and_selects_every_point(explored, tm
         r = ranges()
         driver.execute_script(f"const m = Bokeh.documents[0].get_model_by_name('map'); "
                               f"m.x_range.setv({{start: {r[0] * 0.9}, end: {r[1] * 0.9}}});")
-        for _ in range(50):
-            if driver.execute_script("return zspace.settled()") and len(driver.execute_script("return window.__handed")) > 1:
-                break
-            time.sleep(0.1)
+        _wait(driver, "return zspace.settled() && window.__handed.length > 1")
         handed = driver.execute_script("return window.__handed")
         assert [n for n, _ in handed] == [60, 240] and set(handed[0][1]) <= in_view(ranges())
         assert handed[1][1] == list(range(240))

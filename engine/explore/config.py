@@ -16,9 +16,9 @@ class ExploreConfig:
     quality: int = 88  # JPEG quality of the thumbnail atlases
     atlas: int = 32  # thumbnails per atlas side: an atlas holds atlas^2 of them (loaded only when one is hovered)
     pcs: int = 10  # principal axes whose coordinates the page carries (any two of them make a plane)
-    draw: int = 10000  # points handed to the WebGL scatter at once: the first in view of a seeded permutation
-    #                   (every point once the view holds no more); 0: every point at every zoom. A frame costs about
-    #                   0.15 s + 20 us a point in Chromium's software WebGL on 2 cores; a GPU draws far more
+    draw: int = 10000  # points drawn as dots at rest: the first in view of a seeded permutation (every point once
+    #                   the view holds no more; a grey shade shows every point in view meanwhile), a fifth of it
+    #                   while the ranges move; 0: every point at every zoom (for a GPU)
     neighbours: int = 12  # nearest neighbours in z shown for a clicked point (from the stored graph)
     chunk: int = 4096  # points per latent file (z in float16 and the neighbours), loaded on demand
     seed: int = 0  # the null model's draws on the PCA and dominant planes

@@ -59,8 +59,10 @@ def _bokeh_doc() -> tuple[str, str, str]:
     # fixed ranges that explore.js sets (equal units on both axes): a range fitted to the data would follow the
     # drawn subset of a large map
     xr, yr = Range1d(0, 1, name="x_range"), Range1d(0, 1, name="y_range")
+    # lod_threshold=None: BokehJS's own thinning while you interact is off (explore.js has its own, the same for a
+    # script and a hand); output_backend is set by explore.js when it embeds the document
     common = dict(output_backend="webgl", tools=tools, active_scroll="wheel_zoom", x_range=xr, y_range=yr,
-                  sizing_mode="stretch_both", toolbar_location="above")
+                  sizing_mode="stretch_both", toolbar_location="above", lod_threshold=None)
     # every point in view as a shade under the drawn sample (explore.js bins them at the frame's resolution)
     shade = dict(image="image", x="x", y="y", dw="dw", dh="dh", level="image")
     empty_image = {"image": [], "x": [], "y": [], "dw": [], "dh": []}

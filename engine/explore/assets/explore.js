@@ -201,18 +201,18 @@
   const SOFTWARE = /swiftshader|llvmpipe|softpipe|lavapipe|software|basic render/i;
   function chooseBackend() {
     const asked = new URLSearchParams(location.search).get("backend");
-    const gl = document.createElement("canvas").getContext("webgl");
+    const context = (opts) => document.createElement("canvas").getContext("webgl", opts);
+    const gl = context(), fast = context({ failIfMajorPerformanceCaveat: true });  // null where WebGL is software
     let renderer = null;
     if (gl) {
       const ext = gl.getExtension("WEBGL_debug_renderer_info");
       renderer = String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
-      const lose = gl.getExtension("WEBGL_lose_context");
-      if (lose) lose.loseContext();
     }
-    if (asked === "webgl" || asked === "canvas") return { backend: asked, renderer, why: "?backend=" + asked };
+    for (const c of [gl, fast]) { const lose = c && c.getExtension("WEBGL_lose_context"); if (lose) lose.loseContext(); }
     if (!gl) return { backend: "canvas", renderer, why: "this browser has no WebGL" };
-    return SOFTWARE.test(renderer) ? { backend: "canvas", renderer, why: "WebGL runs in software here" }
-                                   : { backend: "webgl", renderer, why: "WebGL on the GPU" };
+    if (asked === "webgl" || asked === "canvas") return { backend: asked, renderer, why: "?backend=" + asked };
+    return !fast || SOFTWARE.test(renderer) ? { backend: "canvas", renderer, why: "WebGL runs in software here" }
+                                            : { backend: "webgl", renderer, why: "WebGL on the GPU" };
   }
 
   // ---- Bokeh models and views ----
@@ -270,19 +270,23 @@
     const src = model("points_source");
     src.data = { x: gather(state.x, p.idx), y: gather(state.y, p.idx), c: gather(currentColour(), p.idx) };
     src.selected.indices = (state.selection.length ? state.selection : state.clicked).map((i) => slot[i]).filter((k) => k >= 0);
-    if (limit === LIMIT) state.shade = shade(state.x, state.y, "density_source", "map", N > LIMIT);
+    if (limit === LIMIT) { state.restPick = p; state.shade = shade(state.x, state.y, "density_source", "map", sampled(p)); }
     drawNull(limit);
     status();
   }
   // ---- the shade: where the drawn points are a sample, every point in view binned to 2 x 2 pixels of the frame,
   // drawn in grey under the dots (darker where more points fall), so no point is missing from the picture at any
-  // zoom. Made at rest; while the ranges move BokehJS stretches the last one with the view ----
+  // zoom. Made at rest; while the ranges move BokehJS stretches the last one with the view. (On the WebGL backend
+  // BokehJS draws it with WebGL too: one more copy of the WebGL canvas a frame, which costs little on a GPU.) ----
   const SHADE_PX = 2, SHADE_RGB = [40, 40, 40];
   let ndarray = null;
   function shade(xs, ys, sourceName, plotName, on) {
-    const src = model(sourceName);
-    if (!on) { if (src.data.image.length) src.data = { image: [], x: [], y: [], dw: [], dh: [] }; return null; }
-    const [x0, x1, y0, y1] = view_box(), f = view(model(plotName)).frame.bbox;
+    const src = model(sourceName), f = view(model(plotName)).frame.bbox;
+    if (!on || f.width < 2 * SHADE_PX || f.height < 2 * SHADE_PX) {  // (a map not laid out yet: see reshade)
+      if (src.data.image.length) src.data = { image: [], x: [], y: [], dw: [], dh: [] };
+      return null;
+    }
+    const [x0, x1, y0, y1] = view_box();
     const W = Math.max(1, Math.round(f.width / SHADE_PX)), H = Math.max(1, Math.round(f.height / SHADE_PX));
     const counts = new Uint32Array(W * H), sx = W / (x1 - x0), sy = H / (y1 - y0);
     for (let i = 0; i < xs.length; i++) {  // the right and top edges count in the last bin (as numpy's histogram2d)
@@ -292,15 +296,28 @@
     }
     let max = 0;
     for (let b = 0; b < counts.length; b++) if (counts[b] > max) max = counts[b];
-    const rgba = new Uint32Array(W * H), lm = Math.log1p(max), [r, g, bl] = SHADE_RGB;
+    const rgba = new Uint32Array(W * H), lm = max > 1 ? Math.log(max) : 1, [r, g, bl] = SHADE_RGB;
     for (let b = 0; b < counts.length; b++) {  // alpha from 0.15 (one point) to 0.75 (the fullest bin), log scale
       if (!counts[b]) continue;
-      const a = Math.round(255 * (0.15 + 0.6 * Math.log1p(counts[b]) / lm));
+      const a = Math.round(255 * (0.15 + 0.6 * Math.log(counts[b]) / lm));
       rgba[b] = ((a << 24) | (bl << 16) | (g << 8) | r) >>> 0;  // little-endian RGBA
     }
     if (!ndarray) ndarray = window.Bokeh.require("core/util/ndarray").ndarray;
     src.data = { image: [ndarray(rgba, { shape: [H, W] })], x: [x0], y: [y0], dw: [x1 - x0], dh: [y1 - y0] };
     return { counts, W, H, box: [x0, x1, y0, y1] };
+  }
+  const sampled = (p) => p.idx !== null && p.inView > p.idx.length;  // some points in view are not drawn
+  // BokehJS lays a map out anew when its size changes (the null map shown or hidden, the window resized): a shade
+  // made for the old frame is made again
+  function reshade() {
+    if (!api.ready || redrawTimer !== null) return;  // (a gesture's own redraw comes)
+    const stale = (plot, p, sh) => {
+      const f = view(model(plot)).frame.bbox;
+      const want = !!p && sampled(p) && f.width >= 2 * SHADE_PX && f.height >= 2 * SHADE_PX;
+      return want !== !!sh || (!!sh && (Math.round(f.width / SHADE_PX) !== sh.W || Math.round(f.height / SHADE_PX) !== sh.H));
+    };
+    if (stale("map", state.restPick, state.shade) ||
+        ($("show-null").checked && stale("null_map", state.nullPick, state.nullShade))) draw();
   }
   let redrawTimer = null, thinning = false, lastChange = 0, lastShown = 0, seenChange = 0, drawnView = null;
   function rangesChanged() {  // after pan or zoom: draw what is now in view (once the gesture has settled)
@@ -369,10 +386,15 @@
   function drawNull(limit = LIMIT) {  // the null map's points are handed to Bokeh only while it is shown
     const on = $("show-null").checked;
     $("map-null").style.display = on ? "" : "none";
-    if (limit === LIMIT) shade(state.nx, state.ny, "null_density_source", "null_map", on && state.nx.length > LIMIT);
-    if (!on) { model("null_source").data = { x: [], y: [] }; return; }
+    if (!on) {
+      model("null_source").data = { x: [], y: [] };
+      state.nullShade = shade(null, null, "null_density_source", "null_map", false);
+      state.nullPick = null;
+      return;
+    }
     const p = pick(state.nx, state.ny, nullOrder, limit);
     model("null_source").data = { x: gather(state.nx, p.idx), y: gather(state.ny, p.idx) };
+    if (limit === LIMIT) { state.nullPick = p; state.nullShade = shade(state.nx, state.ny, "null_density_source", "null_map", sampled(p)); }
   }
   function currentColour() {
     const c = byName[state.colour];
@@ -582,14 +604,19 @@
     state.webgl = webgl;
     const drawn = state.drawn ? state.drawn.length : N;
     $("status").textContent = `${N.toLocaleString()} points` + (M.all_points ? " (every latent)" : ` of ${M.n_latents.toLocaleString()}`) +
-      (drawn < state.inView ? ` · dots: ${drawn.toLocaleString()} of the ${state.inView.toLocaleString()} in view, ` +
-                              "grey shade: every one (zoom in for every dot)" : "") +
+      (drawn < state.inView ? ` · dots: ${drawn.toLocaleString()} of the ${state.inView.toLocaleString()} in view` +
+                              (state.shade ? ", grey shade: every one" : "") + " (zoom in for every dot)" : "") +
       ` · ${layouts[state.layout].label} · ${webgl ? "WebGL" : "2D canvas"} (${state.backend.why})`;
   }
   function start() {
     doc = window.Bokeh.documents.find((d) => d.get_model_by_name("points_source"));
     viridis = model("mapper").palette.slice();
     $("show-null").checked = N <= NULL_SHOWN_UP_TO;
+    $("map-null").style.display = $("show-null").checked ? "" : "none";
+    // the first fit wants the data map's frame as BokehJS lays it out without the null map: two frames on
+    requestAnimationFrame(() => requestAnimationFrame(begin));
+  }
+  function begin() {
     const names = Object.keys(layouts);
     fillSelect($("layout"), names.map((k) => [k, layouts[k].label]), names[0]);
     const pcs = [...Array(M.pcs).keys()].map((k) => [k, `PC${k + 1}`]);
@@ -605,11 +632,12 @@
     $("pcx").onchange = (e) => setLayout("pca", +e.target.value, null);
     $("pcy").onchange = (e) => setLayout("pca", null, +e.target.value);
     $("colour").onchange = (e) => setColour(e.target.value);
-    $("show-null").onchange = () => {  // the shade wants the null map's frame as laid out
-      drawNull(); window.dispatchEvent(new Event("resize")); requestAnimationFrame(() => drawNull()); };
+    $("show-null").onchange = () => drawNull();  // reshade() follows BokehJS's new layout
     const missing = M.missing || [];
     $("missing").textContent = missing.length ? "Not on this page: " + missing.join("; ") : "";
     view(model("map")).repainted.connect(painted);
+    view(model("map")).repainted.connect(reshade);
+    view(model("null_map")).repainted.connect(reshade);
     api.ready = true;
     status();
   }
@@ -629,9 +657,14 @@
   window.zspace = api;
   state.backend = chooseBackend();
   function embed() {  // the plots, with the chosen backend (page.py leaves the embedding to this script)
-    const B = JSON.parse($("bokeh-doc").textContent);
-    for (const d of Object.values(B.docs)) for (const r of d.roots) r.attributes.output_backend = state.backend.backend;
-    window.Bokeh.embed.embed_items(B.docs, B.items);
+    const fail = (e) => { $("status").textContent = "the plots could not be drawn: " + e; console.error(e); };
+    try {
+      const B = JSON.parse($("bokeh-doc").textContent);
+      for (const d of Object.values(B.docs)) for (const r of d.roots) {
+        if (r.attributes) r.attributes.output_backend = state.backend.backend;
+      }
+      Promise.resolve(window.Bokeh.embed.embed_items(B.docs, B.items)).catch(fail);
+    } catch (e) { fail(e); }
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", embed); else embed();
   (function wait() {
