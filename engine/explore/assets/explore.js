@@ -269,7 +269,7 @@
     state.inView = p.inView;
     const src = model("points_source");
     src.data = { x: gather(state.x, p.idx), y: gather(state.y, p.idx), c: gather(currentColour(), p.idx) };
-    src.selected.indices = (state.selection.length ? state.selection : state.clicked).map((i) => slot[i]).filter((k) => k >= 0);
+    mark(state.selection.length ? state.selection : state.clicked);
     if (limit === LIMIT) { state.restPick = p; state.shade = shade(state.x, state.y, "density_source", "map", sampled(p)); }
     drawNull(limit);
     status();
@@ -495,7 +495,10 @@
   }
   // Bokeh's selection holds positions among the drawn points; it updates it, then says how (geometry)
   function select(indices) { state.hit = Array.from(indices, (k) => state.drawn[k]); }
-  function mark(list) { model("points_source").selected.indices = list.map((i) => slot[i]).filter((k) => k >= 0); }
+  function mark(list) {  // the marked dots stand out; the rest and the shade fade
+    model("points_source").selected.indices = list.map((i) => slot[i]).filter((k) => k >= 0);
+    model("density").glyph.global_alpha = list.length ? 0.35 : 1;
+  }
   function within(g) {  // every page index inside a box or lasso (data coordinates), drawn or not
     const out = [], X = state.x, Y = state.y;
     if (g.type === "rect") {
