@@ -280,12 +280,15 @@
   // BokehJS draws it with WebGL too: one more copy of the WebGL canvas a frame, which costs little on a GPU.) ----
   const SHADE_PX = 2, SHADE_RGB = [40, 40, 40];
   let ndarray = null;
+  function noShade(sourceName) {
+    const src = model(sourceName);
+    if (src.data.image.length) src.data = { image: [], x: [], y: [], dw: [], dh: [] };
+    return null;
+  }
+  const laidOut = (f) => f.width >= 2 * SHADE_PX && f.height >= 2 * SHADE_PX;  // (else see reshade)
   function shade(xs, ys, sourceName, plotName, on) {
     const src = model(sourceName), f = view(model(plotName)).frame.bbox;
-    if (!on || f.width < 2 * SHADE_PX || f.height < 2 * SHADE_PX) {  // (a map not laid out yet: see reshade)
-      if (src.data.image.length) src.data = { image: [], x: [], y: [], dw: [], dh: [] };
-      return null;
-    }
+    if (!on || !laidOut(f)) return noShade(sourceName);
     const [x0, x1, y0, y1] = view_box();
     const W = Math.max(1, Math.round(f.width / SHADE_PX)), H = Math.max(1, Math.round(f.height / SHADE_PX));
     const counts = new Uint32Array(W * H), sx = W / (x1 - x0), sy = H / (y1 - y0);
@@ -313,15 +316,15 @@
     if (!api.ready || redrawTimer !== null) return;  // (a gesture's own redraw comes)
     const stale = (plot, p, sh) => {
       const f = view(model(plot)).frame.bbox;
-      const want = !!p && sampled(p) && f.width >= 2 * SHADE_PX && f.height >= 2 * SHADE_PX;
+      const want = !!p && sampled(p) && laidOut(f);
       return want !== !!sh || (!!sh && (Math.round(f.width / SHADE_PX) !== sh.W || Math.round(f.height / SHADE_PX) !== sh.H));
     };
     if (stale("map", state.restPick, state.shade) ||
         ($("show-null").checked && stale("null_map", state.nullPick, state.nullShade))) draw();
   }
   let redrawTimer = null, thinning = false, lastChange = 0, lastShown = 0, seenChange = 0, drawnView = null;
+  const thin = (n) => n > GESTURE;  // a map that a gesture draws thinner
   function rangesChanged() {  // after pan or zoom: draw what is now in view (once the gesture has settled)
-    const thin = (n) => n > GESTURE;  // a map that a gesture draws thinner
     if (!api.ready || (!thin(N) && (!$("show-null").checked || !thin((state.nx || []).length)))) return;
     // BokehJS runs these callbacks a moment later: ranges set by fit() and drawn at once have not moved since
     if (drawnView && view_box().every((v, k) => v === drawnView[k])) return;
@@ -388,7 +391,7 @@
     $("map-null").style.display = on ? "" : "none";
     if (!on) {
       model("null_source").data = { x: [], y: [] };
-      state.nullShade = shade(null, null, "null_density_source", "null_map", false);
+      state.nullShade = noShade("null_density_source");
       state.nullPick = null;
       return;
     }
